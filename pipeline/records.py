@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["Chip", "Modality", "QualityAsset", "QualityKind", "ResolvedBand", "ResolvedItem", "Resampling"]
+__all__ = ["Chip", "FailureRecord", "Modality", "QualityAsset", "QualityKind", "ResolvedBand", "ResolvedItem", "Resampling"]
 
 Modality = Literal["optical", "sar"]
 Resampling = Literal["nearest", "bilinear", "cubic", "average"]
@@ -137,3 +137,22 @@ class Chip:
     nodata_pct: float
     cloud_pct: float | None
     footprint_wkb: bytes
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One row of ``failures.parquet``: what failed, where, and a message a person can act on.
+
+    Attributes:
+        item_id: the raw STAC item id (or the catalog file name when the item could not even be parsed).
+        asset: the asset key involved, or ``""`` for item-level failures.
+        stage: ``"search"``, ``"resolve"``, ``"read"``, ``"chip"`` or ``"write"``.
+        error_class: the exception class name, e.g. ``"RasterReadError"``.
+        message: the exception message; never contains credentials.
+    """
+
+    item_id: str
+    asset: str
+    stage: str
+    error_class: str
+    message: str

@@ -43,10 +43,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         name: registered model name, e.g. ``"rsvheat_base"``.
         **kwargs: constructor overrides, e.g. ``in_chans={"optical": 13, "sar": 2}`` or ``num_classes=10``.
 
+    Returns:
+        The model, with ``model_name`` and ``model_kwargs`` attributes recording how it was built.
+
     Raises:
         ValueError: ``name`` is not registered; the message lists the registered names.
     """
     if name not in _MODEL_ENTRYPOINTS:
         raise ValueError(f"Unknown model {name!r}; registered models: {', '.join(list_models()) or '(none)'}.")
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    return _MODEL_ENTRYPOINTS[name](**kwargs)
+    model = _MODEL_ENTRYPOINTS[name](**kwargs)
+    # Recorded so a checkpoint can rebuild the model with `create_model(model.model_name, **model.model_kwargs)`.
+    model.model_name = name
+    model.model_kwargs = dict(kwargs)
+    return model

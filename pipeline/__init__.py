@@ -1,0 +1,1 @@
+"""pipeline: STAC-driven ingest of optical and SAR scenes into self-describing Parquet chip shards."""

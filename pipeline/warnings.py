@@ -1,0 +1,48 @@
+"""Warnings for recoverable data problems, in one hierarchy that :func:`strict` and :func:`ignore` flip at once."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = [
+    "ChipSkippedWarning",
+    "MissingBandWarning",
+    "PipelineWarning",
+    "ServerFeatureWarning",
+    "ignore",
+    "strict",
+]
+
+
+class PipelineWarning(UserWarning):
+    """Base class of every warning the pipeline emits."""
+
+
+class ChipSkippedWarning(PipelineWarning):
+    """A chip was not written (too much nodata or cloud); it is still recorded in the index with its reason."""
+
+
+class MissingBandWarning(PipelineWarning):
+    """An optional band or quality asset is absent; ingest continues without it."""
+
+
+class ServerFeatureWarning(PipelineWarning):
+    """A STAC API lacks a feature (filter, sort); the pipeline falls back to doing it client-side."""
+
+
+@contextmanager
+def strict() -> Iterator[None]:
+    """Turn every :class:`PipelineWarning` into an error inside the block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PipelineWarning)
+        yield
+
+
+@contextmanager
+def ignore() -> Iterator[None]:
+    """Silence every :class:`PipelineWarning` inside the block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PipelineWarning)
+        yield

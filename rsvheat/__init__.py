@@ -1,0 +1,6 @@
+"""rsvheat: remote-sensing backbones built on the Heat Conduction Operator (pure PyTorch; no Ray import)."""
+
+from rsvheat import models as models
+from rsvheat._registry import create_model, is_model, list_models, register_model
+
+__all__ = ["create_model", "is_model", "list_models", "register_model"]
