@@ -115,7 +115,8 @@ class Chip:
 
     Attributes:
         chip_id: deterministic id ``"{collection}:{safe_id}:{grid_cell}"``; the same inputs give the same id.
-        grid_cell: ``"{epsg}_{gsd}m_{size}px_E{col}_N{row}"``-style cell key on the snapped grid (joins dates/sensors).
+        grid_cell: ``"{epsg}_E{x}_N{y}_{size}px_{gsd}m"`` key of the chip's top-left UTM corner on the item's pixel
+            grid (joins repeat acquisitions on the same tile grid).
         item_id: the raw STAC item id.
         epsg: UTM EPSG of the chip (the item's CRS).
         transform: affine of the chip's top-left pixel (6 floats, rasterio order).

@@ -66,6 +66,8 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _executable(name: str) -> str:

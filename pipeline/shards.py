@@ -1,0 +1,404 @@
+"""Training shards: one Parquet file per item, pixels as an Arrow fixed-shape tensor, self-describing metadata.
+
+Layout (data-pipeline.md section 3): one row per chip with the per-row georeferencing a training step needs
+(``chip_id``, ``grid_cell``, ``datetime``, ``crs_epsg``, ``transform``, ``window``, quality, a pixel ``checksum``),
+the pixels as ``image``, an ``arrow.fixed_shape_tensor`` of shape ``(C, H, W)`` in the native dtype, and ``valid``, a
+``(H, W)`` uint8 tensor (1 where every band has data). One shard holds one item, hence one sensor and one shape.
+Everything constant per file (band order, band physics, lineage) is JSON under the key-value metadata key
+``rs:dataset``. Row groups hold 1-256 chips and at most 256 MiB of pixels; compression is zstd.
+
+Writes are atomic: local files are written to a temporary name in the target directory and renamed; on S3 a single
+completed PUT is atomic, so the object is written directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from itertools import chain
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.cog import redact_href
+from pipeline.records import Chip, ResolvedItem
+
+__all__ = [
+    "MAX_ROW_GROUP_BYTES",
+    "MAX_ROW_GROUP_CHIPS",
+    "METADATA_KEY",
+    "SHARD_SCHEMA_VERSION",
+    "ShardInfo",
+    "chip_checksum",
+    "dataset_metadata",
+    "decode_images",
+    "decode_valid",
+    "read_shard",
+    "row_group_size_for",
+    "shard_metadata",
+    "shard_schema",
+    "write_shard",
+]
+
+METADATA_KEY = "rs:dataset"
+SHARD_SCHEMA_VERSION = "1"
+MAX_ROW_GROUP_CHIPS = 256
+MAX_ROW_GROUP_BYTES = 256 * 1024 * 1024
+_SCALAR_COLUMNS = ("chip_id", "item_id", "collection", "grid_cell", "datetime", "crs_epsg", "nodata_pct", "cloud_pct")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A written shard.
+
+    Attributes:
+        path: the shard's path on the filesystem it was written through.
+        n_rows, n_bytes: chips written and file size.
+        checksum: blake2b-128 hex digest of the file's bytes.
+        row_group_size: chips per row group (row ``k`` lives in row group ``k // row_group_size``).
+    """
+
+    path: str
+    n_rows: int
+    n_bytes: int
+    checksum: str
+    row_group_size: int
+
+
+def chip_checksum(image: np.ndarray) -> str:
+    """blake2b-128 hex digest of a chip's C-contiguous pixel bytes (the ``checksum`` column)."""
+    return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
+
+
+def row_group_size_for(chip_nbytes: int) -> int:
+    """Chips per row group: as many as fit in 256 MiB, at most 256 (a 1.5 MiB S2 chip gives 170, S1 gives 256)."""
+    return int(max(1, min(MAX_ROW_GROUP_CHIPS, MAX_ROW_GROUP_BYTES // max(1, chip_nbytes))))
+
+
+def shard_schema(dtype: np.dtype, shape: tuple[int, int, int], metadata: Mapping[str, Any] | None = None) -> pa.Schema:
+    """The Arrow schema of a shard whose chips are ``shape`` ``(C, H, W)`` of ``dtype``.
+
+    Args:
+        dtype: numpy dtype of the pixels (native: uint16 for S2 DN, float32 for dB SAR).
+        shape: ``(C, H, W)`` of every chip.
+        metadata: the ``rs:dataset`` JSON object to attach, if any.
+    """
+    _, height, width = shape
+    fields = [
+        pa.field("chip_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("grid_cell", pa.string(), nullable=False),
+        pa.field("datetime", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("crs_epsg", pa.int32(), nullable=False),
+        pa.field("transform", pa.list_(pa.float64(), 6), nullable=False),
+        pa.field("window", pa.list_(pa.int32(), 4), nullable=False),
+        pa.field("nodata_pct", pa.float32(), nullable=False),
+        pa.field("cloud_pct", pa.float32(), nullable=True),
+        pa.field("checksum", pa.string(), nullable=False),
+        pa.field("image", pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(dtype)), list(shape)), nullable=False),
+        pa.field("valid", pa.fixed_shape_tensor(pa.uint8(), [height, width]), nullable=False),
+    ]
+    schema = pa.schema(fields)
+    if metadata is not None:
+        schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    return schema
+
+
+def _band_metadata(item: ResolvedItem) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": b.name,
+            "common_name": b.common_name,
+            "center_wavelength_um": b.center_wavelength_um,
+            "gsd_m": b.gsd_m,
+            "nodata": b.nodata,
+            "scale": b.scale,
+            "offset": b.offset,
+            "dn_offset": b.dn_offset,
+            "units": b.units,
+            "to_db": b.to_db,
+            "resampling": b.resampling,
+            "asset_key": b.asset_key,
+        }
+        for b in item.bands
+    ]
+
+
+def dataset_metadata(
+    item: ResolvedItem,
+    first: Chip,
+    *,
+    dataset_version: str,
+    processing_version: str,
+    sensor_metadata: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``rs:dataset`` JSON object of a shard (hrefs without query strings or credentials)."""
+    channels, height, width = first.image.shape
+    return {
+        "shard_schema_version": SHARD_SCHEMA_VERSION,
+        "dataset_version": dataset_version,
+        "processing_version": processing_version,
+        "collection": item.collection,
+        "sensor": item.sensor,
+        "modality": item.modality,
+        "chip_px": int(width),
+        "chip_shape": [int(channels), int(height), int(width)],
+        "grid": {"type": "item_pixel_grid", "epsg": int(first.epsg), "gsd_m": float(first.transform[0])},
+        "band_order": [b.name for b in item.bands],
+        "bands": _band_metadata(item),
+        "pixel_encoding": {
+            "column": "image",
+            "type": "arrow.fixed_shape_tensor",
+            "dtype": np.dtype(first.image.dtype).name,
+            "shape": [int(channels), int(height), int(width)],
+            "layout": "CHW",
+            "byte_order": "little",
+            "valid_column": "valid",
+            "valid_encoding": "uint8 (H, W) tensor, 1 = every band has data",
+            "checksum": "blake2b-128 hex of the C-contiguous image bytes",
+        },
+        "quality": None if item.quality is None else {"kind": item.quality.kind, "asset_key": item.quality.asset_key},
+        "sensor_metadata": dict(sensor_metadata),
+        "lineage": {
+            "item_id": item.item_id,
+            "collection": item.collection,
+            "datetime": item.datetime.astimezone(UTC).isoformat(),
+            "updated": item.updated,
+            "assets": {b.name: redact_href(b.href) for b in item.bands},
+            "quality_asset": None if item.quality is None else redact_href(item.quality.href),
+            "processing_version": processing_version,
+        },
+    }
+
+
+def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -> pa.Table:
+    n = len(chips)
+    image_type = schema.field("image").type
+    valid_type = schema.field("valid").type
+    images = np.stack([np.ascontiguousarray(c.image) for c in chips])  # N x (C, H, W) -> (N, C, H, W)
+    valid = np.stack([c.valid for c in chips]).astype(np.uint8)  # N x (H, W) -> (N, H, W)
+    image_storage = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), int(np.prod(images.shape[1:])))
+    valid_storage = pa.FixedSizeListArray.from_arrays(pa.array(valid.reshape(-1)), int(np.prod(valid.shape[1:])))
+    when = item.datetime.astimezone(UTC).replace(tzinfo=None)
+    columns = {
+        "chip_id": pa.array([c.chip_id for c in chips], pa.string()),
+        "item_id": pa.array([c.item_id for c in chips], pa.string()),
+        "collection": pa.array([item.collection] * n, pa.string()),
+        "grid_cell": pa.array([c.grid_cell for c in chips], pa.string()),
+        "datetime": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        "crs_epsg": pa.array([c.epsg for c in chips], pa.int32()),
+        "transform": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.asarray([c.transform for c in chips], dtype=np.float64).reshape(-1)), 6
+        ),
+        "window": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.asarray([c.window for c in chips], dtype=np.int32).reshape(-1)), 4
+        ),
+        "nodata_pct": pa.array([c.nodata_pct for c in chips], pa.float32()),
+        "cloud_pct": pa.array([c.cloud_pct for c in chips], pa.float32()),
+        "checksum": pa.array([chip_checksum(c.image) for c in chips], pa.string()),
+        "image": pa.ExtensionArray.from_storage(image_type, image_storage),
+        "valid": pa.ExtensionArray.from_storage(valid_type, valid_storage),
+    }
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
+class _HashingSink:
+    """A write-only file object that hashes and counts bytes on their way to a pyarrow output stream."""
+
+    def __init__(self, raw: pa.NativeFile) -> None:
+        self._raw = raw
+        self._hash = hashlib.blake2b(digest_size=16)
+        self.n_bytes = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._raw.write(view)
+        self.n_bytes += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.n_bytes
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _resolve(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and the path on it for a local path, ``file://`` or ``s3://`` URI."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""
+    if filesystem is not None:
+        match scheme:
+            case "":
+                return filesystem, uri
+            case "file":
+                return filesystem, parts.path
+            case _:
+                return filesystem, f"{parts.netloc}{parts.path}"
+    if scheme in ("", "file"):
+        return pafs.LocalFileSystem(), os.path.abspath(parts.path if scheme else uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
+
+
+def _is_object_store(fs: pafs.FileSystem) -> bool:
+    """True for stores where one completed PUT is atomic (S3, GCS): write the object directly, no rename."""
+    kinds = tuple(k for k in (getattr(pafs, "S3FileSystem", None), getattr(pafs, "GcsFileSystem", None)) if k)
+    return isinstance(fs, kinds)
+
+
+def write_shard(
+    uri: str,
+    chips: Iterable[Chip],
+    item: ResolvedItem,
+    *,
+    dataset_version: str,
+    processing_version: str,
+    sensor_metadata: Mapping[str, Any],
+    filesystem: pafs.FileSystem | None = None,
+    row_group_size: int | None = None,
+) -> ShardInfo:
+    """Write one item's chips to a Parquet shard, streaming them one row group at a time.
+
+    Args:
+        uri: target local path, ``file://`` or ``s3://`` URI (or a path on ``filesystem``).
+        chips: the chips to write, all of one ``(C, H, W)`` shape and dtype; consumed lazily.
+        item: the item the chips come from (band metadata and lineage).
+        dataset_version, processing_version: recorded in the ``rs:dataset`` metadata.
+        sensor_metadata: the sensor's configuration block (``sensors.yaml`` entry), recorded as is.
+        filesystem: a pyarrow filesystem to write through; inferred from ``uri`` when ``None``.
+        row_group_size: chips per row group; :func:`row_group_size_for` of the first chip when ``None``.
+
+    Returns:
+        The shard's :class:`ShardInfo`.
+
+    Raises:
+        ValueError: no chips, or chips of differing shape/dtype.
+    """
+    iterator = iter(chips)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError(f"write_shard({uri!r}) got no chips for item {item.item_id!r}; write no shard instead.")
+    shape = tuple(int(v) for v in first.image.shape)
+    if len(shape) != 3:
+        raise ValueError(f"Chip images must be (C, H, W); chip {first.chip_id!r} has shape {shape}.")
+    dtype = first.image.dtype
+    if row_group_size is not None and row_group_size < 1:
+        raise ValueError(f"row_group_size must be >= 1 chips or None, got {row_group_size}.")
+    rows_per_group = row_group_size or row_group_size_for(first.image.nbytes)
+    metadata = dataset_metadata(
+        item,
+        first,
+        dataset_version=dataset_version,
+        processing_version=processing_version,
+        sensor_metadata=sensor_metadata,
+    )
+    schema = shard_schema(dtype, shape, metadata)  # type: ignore[arg-type]
+    fs, path = _resolve(uri, filesystem)
+    direct = _is_object_store(fs)
+    parent, name = os.path.split(path)
+    write_path = path if direct else f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+    if not direct and parent:
+        fs.create_dir(parent, recursive=True)
+    n_rows = 0
+    try:
+        with fs.open_output_stream(write_path) as raw:
+            sink = _HashingSink(raw)
+            writer = pq.ParquetWriter(
+                sink,
+                schema,
+                compression="zstd",
+                use_dictionary=["chip_id", "item_id", "collection", "grid_cell"],
+                write_statistics=list(_SCALAR_COLUMNS),
+            )
+            try:
+                batch: list[Chip] = []
+                for chip in chain([first], iterator):
+                    if chip.image.shape != shape or chip.image.dtype != dtype:
+                        raise ValueError(
+                            f"Chip {chip.chip_id!r} has shape {chip.image.shape} {chip.image.dtype}, but this shard "
+                            f"holds {shape} {dtype}; one shard takes one item of one sensor."
+                        )
+                    batch.append(chip)
+                    if len(batch) == rows_per_group:
+                        writer.write_table(_chips_table(batch, item, schema), row_group_size=rows_per_group)
+                        n_rows += len(batch)
+                        batch = []
+                if batch:
+                    writer.write_table(_chips_table(batch, item, schema), row_group_size=rows_per_group)
+                    n_rows += len(batch)
+            finally:
+                writer.close()
+        if not direct:
+            fs.move(write_path, path)
+    except BaseException:
+        if not direct:
+            try:
+                fs.delete_file(write_path)
+            except (FileNotFoundError, OSError):
+                pass
+        raise
+    return ShardInfo(
+        path=path, n_rows=n_rows, n_bytes=sink.n_bytes, checksum=sink.hexdigest(), row_group_size=rows_per_group
+    )
+
+
+def read_shard(
+    uri: str, columns: Sequence[str] | None = None, filesystem: pafs.FileSystem | None = None
+) -> pa.Table:
+    """Read a shard (or some of its columns) as an Arrow table; ``image``/``valid`` stay fixed-shape tensors."""
+    fs, path = _resolve(uri, filesystem)
+    return pq.read_table(path, columns=None if columns is None else list(columns), filesystem=fs)
+
+
+def shard_metadata(uri: str, filesystem: pafs.FileSystem | None = None) -> dict[str, Any]:
+    """The ``rs:dataset`` JSON object of a shard, read from its footer only."""
+    fs, path = _resolve(uri, filesystem)
+    schema = pq.read_schema(path, filesystem=fs)
+    raw = (schema.metadata or {}).get(METADATA_KEY.encode())
+    if raw is None:
+        raise ValueError(f"{redact_href(uri)!r} has no {METADATA_KEY!r} metadata; it was not written by write_shard.")
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+def _tensor_column(table: pa.Table, name: str) -> np.ndarray:
+    if name not in table.column_names:
+        raise KeyError(f"Table has no {name!r} column; read the shard with columns including {name!r}.")
+    column = table.column(name)
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if not isinstance(array.type, pa.FixedShapeTensorType):
+        raise TypeError(f"Column {name!r} is {array.type}, expected an arrow.fixed_shape_tensor column.")
+    result: np.ndarray = array.to_numpy_ndarray()
+    return result
+
+
+def decode_images(table: pa.Table) -> np.ndarray:
+    """The ``image`` column as ``(N, C, H, W)``: zero-copy for a single-chunk column, one copy otherwise."""
+    return _tensor_column(table, "image")
+
+
+def decode_valid(table: pa.Table) -> np.ndarray:
+    """The ``valid`` column as a ``(N, H, W)`` bool array (a zero-copy view where possible)."""
+    return _tensor_column(table, "valid").view(np.bool_)

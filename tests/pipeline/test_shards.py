@@ -1,0 +1,160 @@
+"""Tests for pipeline.shards: schema, streaming atomic writes, row-group sizing, metadata and decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.records import Chip, ResolvedItem
+from pipeline.shards import (
+    METADATA_KEY,
+    chip_checksum,
+    decode_images,
+    decode_valid,
+    read_shard,
+    row_group_size_for,
+    shard_metadata,
+    write_shard,
+)
+from pipeline.tiling import cut_item
+from tests.data.synthetic.data import S1_RTC, S2_ALIGNED, resolved_item
+
+VERSIONS = {"dataset_version": "v-test", "processing_version": "p1", "sensor_metadata": {"name": "sentinel-2-l2a"}}
+
+
+@pytest.fixture(scope="module")
+def s2() -> tuple[ResolvedItem, list[Chip]]:
+    """Chips of the aligned S2 fixture, and its item with a signed (query-string) href for the lineage check."""
+    item = resolved_item(S2_ALIGNED, ("B02", "B03", "B04", "B08", "B05", "B11"))
+    chips = list(cut_item(item, chip_size=32))
+    signed = dataclasses.replace(item.bands[0], href=item.bands[0].href + "?sig=SECRET")
+    return dataclasses.replace(item, bands=(signed, *item.bands[1:])), chips
+
+
+def test_round_trip(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    info = write_shard(str(tmp_path / "a" / "shard.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
+    assert info.n_rows == len(chips) == 16
+    assert info.n_bytes == (tmp_path / "a" / "shard.parquet").stat().st_size
+    assert info.checksum == hashlib.blake2b((tmp_path / "a" / "shard.parquet").read_bytes(), digest_size=16).hexdigest()
+    table = read_shard(info.path)
+    images = decode_images(table)
+    assert images.shape == (16, 6, 32, 32) and images.dtype == np.uint16
+    np.testing.assert_array_equal(images, np.stack([c.image for c in chips]))
+    np.testing.assert_array_equal(decode_valid(table), np.stack([c.valid for c in chips]))
+    rows = table.drop_columns(["image", "valid"]).to_pylist()
+    assert [r["chip_id"] for r in rows] == [c.chip_id for c in chips]
+    assert rows[3]["transform"] == list(chips[3].transform) and rows[3]["window"] == list(chips[3].window)
+    assert rows[0]["datetime"] == item.datetime and rows[0]["crs_epsg"] == 32618
+    assert rows[0]["checksum"] == chip_checksum(chips[0].image)
+    assert rows[0]["cloud_pct"] == pytest.approx(chips[0].cloud_pct, abs=1e-4)
+    schema = table.schema
+    assert isinstance(schema.field("image").type, pa.FixedShapeTensorType)
+    assert schema.field("image").type.shape == [6, 32, 32]
+    assert schema.field("datetime").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("crs_epsg").type == pa.int32()
+    assert schema.field("transform").type == pa.list_(pa.float64(), 6)
+    assert schema.field("window").type == pa.list_(pa.int32(), 4)
+    assert schema.field("cloud_pct").type == pa.float32() and schema.field("cloud_pct").nullable
+    assert pq.ParquetFile(info.path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_metadata(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    info = write_shard(str(tmp_path / "s.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
+    meta = shard_metadata(info.path)
+    assert meta == json.loads(pq.read_schema(info.path).metadata[METADATA_KEY.encode()])
+    assert meta["dataset_version"] == "v-test" and meta["processing_version"] == "p1"
+    assert meta["collection"] == "sentinel-2-l2a" and meta["modality"] == "optical" and meta["chip_px"] == 32
+    assert meta["band_order"] == ["B02", "B03", "B04", "B08", "B05", "B11"]
+    b05 = meta["bands"][4]
+    assert b05["gsd_m"] == 20.0 and b05["center_wavelength_um"] == 0.704 and b05["resampling"] == "bilinear"
+    assert b05["nodata"] == 0 and b05["scale"] == 0.0001 and b05["common_name"] == "rededge"
+    assert meta["pixel_encoding"]["dtype"] == "uint16" and meta["pixel_encoding"]["shape"] == [6, 32, 32]
+    assert meta["sensor_metadata"] == {"name": "sentinel-2-l2a"}
+    assert meta["lineage"]["item_id"] == item.item_id
+    assert meta["lineage"]["assets"]["B02"].endswith("B02.tif")
+    assert "SECRET" not in json.dumps(meta)
+
+
+def test_sar_shard_has_float32_and_null_cloud(tmp_path: Path) -> None:
+    item = resolved_item(S1_RTC)
+    chips = list(cut_item(item, chip_size=32))
+    info = write_shard(str(tmp_path / "s1.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
+    table = read_shard(info.path, columns=["chip_id", "cloud_pct", "image"])
+    assert table.column_names == ["chip_id", "cloud_pct", "image"]
+    assert table.column("cloud_pct").null_count == len(chips)
+    images = decode_images(table)
+    assert images.dtype == np.float32
+    np.testing.assert_array_equal(images, np.stack([c.image for c in chips]))
+    assert shard_metadata(info.path)["bands"][0]["units"] == "dB"
+
+
+def test_row_group_sizing(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    assert row_group_size_for(12 * 256 * 256 * 2) == 170  # S2 12-band uint16 chip (1.5 MiB)
+    assert row_group_size_for(2 * 256 * 256 * 4) == 256  # S1 VV+VH float32 (0.5 MiB): capped at 256
+    assert row_group_size_for(64 * 1024 * 1024) == 4  # huge chips still stay under 256 MiB per group
+    item, chips = s2
+    info = write_shard(str(tmp_path / "rg.parquet"), chips, item, row_group_size=6, **VERSIONS)  # type: ignore[arg-type]
+    meta = pq.ParquetFile(info.path).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [6, 6, 4]
+    info = write_shard(str(tmp_path / "rg2.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
+    assert info.row_group_size == 256 and pq.ParquetFile(info.path).metadata.num_row_groups == 1
+
+
+def test_multi_row_group_decode_copies_once(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    info = write_shard(str(tmp_path / "m.parquet"), chips, item, row_group_size=5, **VERSIONS)  # type: ignore[arg-type]
+    table = read_shard(info.path)
+    assert table.column("image").num_chunks > 1
+    np.testing.assert_array_equal(decode_images(table), np.stack([c.image for c in chips]))
+    single = table.combine_chunks()
+    images = decode_images(single)
+    buffer = single.column("image").chunk(0).storage.values.buffers()[1]
+    assert images.ctypes.data == buffer.address  # zero-copy view of the Arrow buffer
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    info = write_shard(f"file://{tmp_path}/ok.parquet", chips, item, **VERSIONS)  # type: ignore[arg-type]
+    assert info.path == str(tmp_path / "ok.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.parquet"]
+
+    def failing() -> Iterator[Chip]:
+        yield from chips[:3]
+        raise RuntimeError("reader died mid-item")
+
+    with pytest.raises(RuntimeError, match="mid-item"):
+        write_shard(str(tmp_path / "bad.parquet"), failing(), item, row_group_size=2, **VERSIONS)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.parquet"]
+
+
+def test_rejects_empty_and_mixed_shapes(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    with pytest.raises(ValueError, match="no chips"):
+        write_shard(str(tmp_path / "e.parquet"), [], item, **VERSIONS)  # type: ignore[arg-type]
+    odd = dataclasses.replace(chips[1], image=chips[1].image[:3])
+    with pytest.raises(ValueError, match="one shard takes one item"):
+        write_shard(str(tmp_path / "x.parquet"), [chips[0], odd], item, **VERSIONS)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_and_read_through_s3(moto_s3, s2: tuple[ResolvedItem, list[Chip]]) -> None:  # type: ignore[no-untyped-def]
+    item, chips = s2
+    fs = moto_s3.pyarrow_fs()
+    uri = f"s3://{moto_s3.bucket}/shards/v-test/sentinel-2-l2a/utm=32618/{item.safe_id}.parquet"
+    info = write_shard(uri, chips, item, filesystem=fs, **VERSIONS)  # type: ignore[arg-type]
+    assert info.path == f"{moto_s3.bucket}/shards/v-test/sentinel-2-l2a/utm=32618/{item.safe_id}.parquet"
+    body = moto_s3.client().get_object(Bucket=moto_s3.bucket, Key=info.path.split("/", 1)[1])["Body"].read()
+    assert len(body) == info.n_bytes
+    assert hashlib.blake2b(body, digest_size=16).hexdigest() == info.checksum
+    np.testing.assert_array_equal(decode_images(read_shard(uri, filesystem=fs)), np.stack([c.image for c in chips]))
+    assert shard_metadata(uri, filesystem=fs)["collection"] == "sentinel-2-l2a"
