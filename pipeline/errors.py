@@ -64,3 +64,17 @@ class STACAPIError(PipelineError, ConnectionError):
 
 class StatsMismatchError(PipelineError, ValueError):
     """Normalisation stats of a checkpoint and a dataset differ."""
+
+
+class SensorConfigError(PipelineError, ValueError):
+    """``sensors.yaml`` (or a user-supplied sensor file) is malformed: unknown keys, missing fields, bad values."""
+
+
+__all__ += ["SensorConfigError"]  # appended after the shared list above (pipeline/sensors.py)
+
+
+class SampleDataError(PipelineError, RuntimeError):
+    """The real sample data could not be fetched from the package registry or converted (pipeline/samples.py)."""
+
+
+__all__ += ["SampleDataError"]
