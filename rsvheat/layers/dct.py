@@ -29,12 +29,15 @@ DEFAULT_FFT_THRESHOLD = 512
 
 @lru_cache(maxsize=128)
 def _dct_matrix_cached(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    index = torch.arange(n, dtype=torch.float64)
-    # D[k, x] = α_k cos(π k (x + ½) / N)
-    matrix = torch.cos(math.pi * index[:, None] * (index[None, :] + 0.5) / n)
-    matrix[0] *= math.sqrt(1.0 / n)
-    matrix[1:] *= math.sqrt(2.0 / n)
-    return matrix.to(device=device, dtype=dtype)
+    # NOTE: built outside inference mode, so a matrix first requested under `torch.inference_mode()` can still be
+    # saved for backward by a later training step.
+    with torch.inference_mode(False), torch.no_grad():
+        index = torch.arange(n, dtype=torch.float64)
+        # D[k, x] = α_k cos(π k (x + ½) / N)
+        matrix = torch.cos(math.pi * index[:, None] * (index[None, :] + 0.5) / n)
+        matrix[0] *= math.sqrt(1.0 / n)
+        matrix[1:] *= math.sqrt(2.0 / n)
+        return matrix.to(device=device, dtype=dtype)
 
 
 def dct_matrix(n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -59,38 +62,45 @@ def resolve_dct_impl(impl: DCTImpl, size: int, fft_threshold: int = DEFAULT_FFT_
             raise ValueError(f"Unknown DCT implementation {impl!r}; expected one of 'matmul', 'fft', 'auto'.")
 
 
-def _alpha(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    alpha = torch.full((n,), math.sqrt(2.0 / n), device=device, dtype=dtype)
-    alpha[0] = math.sqrt(1.0 / n)
-    return alpha
+@lru_cache(maxsize=128)
+def _fft_factors(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complex per-frequency factors of length N for the forward and inverse FFT paths.
 
-
-def _shape_for(dim: int, ndim: int, n: int) -> list[int]:
-    shape = [1] * ndim
-    shape[dim] = n
-    return shape
+    Forward: ``α_k e^{−iπk/2N}``. Inverse: ``2N · α_k e^{+iπk/2N} · (1 for k = 0, else ½)``, which turns the
+    zero-padded ``b`` of §13 into the Hermitian half-spectrum that ``irfft`` expects (``b_0`` is real).
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        k = torch.arange(n, dtype=torch.float64)
+        alpha = torch.full((n,), math.sqrt(2.0 / n), dtype=torch.float64)
+        alpha[0] = math.sqrt(1.0 / n)
+        half = torch.full((n,), 0.5, dtype=torch.float64)
+        half[0] = 1.0
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        forward = torch.polar(alpha, -math.pi * k / (2 * n))
+        inverse = torch.polar(alpha * half * (2 * n), math.pi * k / (2 * n))
+        return forward.to(device=device, dtype=complex_dtype), inverse.to(device=device, dtype=complex_dtype)
 
 
 def _dct_fft(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """DCT-II along ``dim`` via a zero-padded FFT of length 2N: ``X_k = α_k Re(e^{−iπk/2N} FFT_2N(x)[k])``."""
+    """DCT-II along ``dim`` via a zero-padded real FFT of length 2N: ``X_k = α_k Re(e^{−iπk/2N} FFT_2N(x)[k])``."""
     n = x.shape[dim]
-    dim = dim % x.ndim
-    spectrum = torch.fft.fft(x, n=2 * n, dim=dim).narrow(dim, 0, n)
-    k = torch.arange(n, device=x.device, dtype=x.dtype)
-    twiddle = torch.polar(torch.ones_like(k), -math.pi * k / (2 * n)).reshape(_shape_for(dim, x.ndim, n))
-    scale = _alpha(n, x.device, x.dtype).reshape(_shape_for(dim, x.ndim, n))
-    return (spectrum * twiddle).real * scale
+    forward, _ = _fft_factors(n, x.device, x.dtype)
+    moved = x.movedim(dim, -1).contiguous()  # (..., N): the FFT runs over a contiguous last axis
+    spectrum = torch.fft.rfft(moved, n=2 * n, dim=-1)[..., :n]  # bins 0..N−1 of N+1
+    return (spectrum * forward).real.movedim(-1, dim)
 
 
 def _idct_fft(coeffs: torch.Tensor, dim: int) -> torch.Tensor:
-    """DCT-III (inverse of the orthonormal DCT-II) along ``dim``: ``x_n = 2N Re(IFFT_2N(b)[n])``."""
+    """DCT-III (inverse of the orthonormal DCT-II) along ``dim``: ``x_n = 2N Re(IFFT_2N(b)[n])``.
+
+    ``b_k = α_k X_k e^{+iπk/2N}`` for ``k < N`` and 0 above; ``Re(IFFT(b))`` equals the inverse real FFT of the
+    Hermitian half-spectrum ``(b_0, b_1/2, …, b_{N−1}/2, 0)``.
+    """
     n = coeffs.shape[dim]
-    dim = dim % coeffs.ndim
-    k = torch.arange(n, device=coeffs.device, dtype=coeffs.dtype)
-    twiddle = torch.polar(torch.ones_like(k), math.pi * k / (2 * n)).reshape(_shape_for(dim, coeffs.ndim, n))
-    scale = _alpha(n, coeffs.device, coeffs.dtype).reshape(_shape_for(dim, coeffs.ndim, n))
-    b = (coeffs * scale) * twiddle  # complex, length N; zero-padded to 2N by ifft's `n`
-    return torch.fft.ifft(b, n=2 * n, dim=dim).narrow(dim, 0, n).real * (2 * n)
+    _, inverse = _fft_factors(n, coeffs.device, coeffs.dtype)
+    moved = coeffs.movedim(dim, -1).contiguous()  # (..., N)
+    signal = torch.fft.irfft(moved * inverse, n=2 * n, dim=-1)[..., :n]  # irfft zero-pads to N+1 bins
+    return signal.movedim(-1, dim)
 
 
 def _dct_matmul(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
@@ -129,8 +139,10 @@ def _transform_2d(
             raise ValueError(f"Unknown layout {layout!r}; expected 'bhwc' or 'bchw'.")
     height, width = x.shape[dim_h], x.shape[dim_w]
     if resolve_dct_impl(impl, max(height, width), fft_threshold) == "fft":
+        # NOTE: the FFT path runs in fp32 at least (half-precision FFTs need power-of-two sizes, hco.md §13).
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
         step = _idct_fft if inverse else _dct_fft
-        return step(step(x, dim_h), dim_w)
+        return step(step(work, dim_h), dim_w)
 
     d_h = dct_matrix(height, device=x.device, dtype=x.dtype)
     d_w = dct_matrix(width, device=x.device, dtype=x.dtype)

@@ -1,0 +1,331 @@
+"""The Heat Conduction Operator (HCO) of vHeat: one step of the 2-D heat equation with Neumann boundaries.
+
+``U_t = IDCT2(DCT2(U_0) ⊙ exp(−k ⊙ Λ))`` with ``Λ[n, m] = (πn/H)² + (πm/W)²`` (``docs/hco.md`` §1–4, §11, §13).
+The conductivity ``k = ReLU(to_k(FVE))`` is learned per frequency and channel from a Frequency Value Embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rsvheat.errors import DecayNotAvailableError
+from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl, dct2d, idct2d, resolve_dct_impl
+from rsvheat.layers.norm import LayerNorm2d
+
+__all__ = [
+    "HCOCoreDtype",
+    "HeatConduction2d",
+    "apply_decay",
+    "decay_from_conductivity",
+    "decay_grid",
+    "heat_conduction",
+]
+
+HCOCoreDtype = Literal["fp32", "autocast"]
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu"})
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Disable autocast locally (a no-op on devices autocast does not know, such as ``meta``)."""
+    if device.type in _AUTOCAST_DEVICES:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@lru_cache(maxsize=128)
+def _decay_grid_cached(height: int, width: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        # NOTE: ω = πn/H as upstream's linspace(0, π, H+1)[:H]; not (n+½) and not 2πn/H (hco.md §3).
+        omega_h = math.pi * torch.arange(height, dtype=torch.float64) / height
+        omega_w = math.pi * torch.arange(width, dtype=torch.float64) / width
+        grid = omega_h[:, None] ** 2 + omega_w[None, :] ** 2  # (H, W)
+        return grid.to(device=device, dtype=torch.float32)
+
+
+def decay_grid(height: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Eigenvalues ``Λ[n, m] = (πn/H)² + (πm/W)²`` of the Neumann Laplacian, fp32, shape ``(H, W)``.
+
+    Cached per ``(H, W, device)`` outside any module, so it never enters a ``state_dict``.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"Decay grid needs a positive size, got height={height}, width={width}.")
+    return _decay_grid_cached(int(height), int(width), torch.device(device if device is not None else "cpu"))
+
+
+def decay_from_conductivity(
+    k: torch.Tensor | float, height: int, width: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """``exp(−k ⊙ Λ)`` in fp32 with autocast disabled.
+
+    Args:
+        k: conductivity ``≥ 0``, a float or a tensor broadcastable to ``(H, W, C)``.
+        height: map height ``H``.
+        width: map width ``W``.
+        device: device of the result when ``k`` is a float.
+
+    Returns:
+        The decay, ``(H, W, C)`` for a tensor ``k`` of that shape, ``(H, W, 1)`` for a float.
+    """
+    if isinstance(k, torch.Tensor):
+        device = k.device
+    grid = decay_grid(height, width, device)[..., None]  # (H, W) -> (H, W, 1)
+    with _autocast_off(grid.device):
+        if isinstance(k, torch.Tensor):
+            return torch.exp(-k.float() * grid)
+        return torch.exp(-float(k) * grid)
+
+
+def apply_decay(
+    x: torch.Tensor,
+    decay: torch.Tensor,
+    *,
+    dct_impl: DCTImpl = "matmul",
+    fft_threshold: int = DEFAULT_FFT_THRESHOLD,
+    core_dtype: HCOCoreDtype = "fp32",
+) -> torch.Tensor:
+    """The spectral core ``IDCT2(DCT2(x) ⊙ decay)`` of a channels-last map.
+
+    Args:
+        x: ``(B, H, W, C)`` map.
+        decay: ``(H, W, C)`` or ``(H, W, 1)`` multiplier in ``(0, 1]``.
+        dct_impl: ``"matmul"``, ``"fft"`` or ``"auto"`` (FFT when ``max(H, W) > fft_threshold``).
+        fft_threshold: switch size for ``"auto"``.
+        core_dtype: ``"fp32"`` runs the core in fp32 with autocast disabled; ``"autocast"`` lets autocast pick the
+            GEMM dtype (relative error about 3e-3 in bf16, hco.md §11). The FFT path always runs in fp32.
+
+    Returns:
+        The filtered map; fp32 for ``core_dtype="fp32"``.
+    """
+    match core_dtype:
+        case "fp32":
+            with _autocast_off(x.device):
+                work = x if x.dtype == torch.float64 else x.float()
+                spectrum = dct2d(work, "bhwc", dct_impl, fft_threshold)
+                return idct2d(spectrum * decay, "bhwc", dct_impl, fft_threshold)
+        case "autocast":
+            spectrum = dct2d(x, "bhwc", dct_impl, fft_threshold)
+            if resolve_dct_impl(dct_impl, max(x.shape[1], x.shape[2]), fft_threshold) == "matmul":
+                # NOTE: keep the spectrum's dtype so the inverse GEMM runs in the autocast dtype as well.
+                return idct2d(spectrum * decay.to(spectrum.dtype), "bhwc", dct_impl, fft_threshold)
+            return idct2d(spectrum * decay, "bhwc", dct_impl, fft_threshold)
+        case _:
+            raise ValueError(f"Unknown hco_core_dtype {core_dtype!r}; expected 'fp32' or 'autocast'.")
+
+
+def heat_conduction(
+    x: torch.Tensor,
+    k: torch.Tensor | float,
+    *,
+    dct_impl: DCTImpl = "matmul",
+    fft_threshold: int = DEFAULT_FFT_THRESHOLD,
+) -> torch.Tensor:
+    """One heat-conduction step ``IDCT2(DCT2(x) ⊙ exp(−k ⊙ Λ))`` on a channels-last map.
+
+    The DC term has decay 1, so every channel's mean is conserved; no mode is amplified because ``k ≥ 0``.
+
+    Args:
+        x: ``(B, H, W, C)`` map.
+        k: conductivity ``≥ 0``: a float or a tensor broadcastable to ``(H, W, C)``.
+        dct_impl: ``"matmul"``, ``"fft"`` or ``"auto"``.
+        fft_threshold: switch size for ``"auto"``.
+
+    Returns:
+        The diffused map, ``(B, H, W, C)`` in ``x``'s dtype.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"heat_conduction expects a (B, H, W, C) map, got shape {tuple(x.shape)}.")
+    negative = (k < 0).any().item() if isinstance(k, torch.Tensor) else k < 0
+    if negative:
+        raise ValueError("Conductivity k must be >= 0 (a negative k amplifies modes); clamp it, e.g. with ReLU.")
+    decay = decay_from_conductivity(k, x.shape[1], x.shape[2], device=x.device)
+    out = apply_decay(x, decay, dct_impl=dct_impl, fft_threshold=fft_threshold, core_dtype="fp32")
+    return out.to(x.dtype)
+
+
+class HeatConduction2d(nn.Module):
+    """The HCO block operator, exactly as ``docs/hco.md`` §4 (and §10 with ``spatial_correction``).
+
+    dwconv3×3 → Linear(C, 2C) → split ``u, z`` → DCT2 → ``⊙ exp(−k ⊙ Λ)`` → IDCT2 → LayerNorm → ``⊙ SiLU(z)`` →
+    Linear(C, C). The conductivity ``k = ReLU(to_k(FVE))`` comes from the stage's Frequency Value Embedding, which
+    the caller passes already resized to the map size. Parameters: ``4C² + 16C`` (``+ 2C`` with spatial correction).
+
+    Args:
+        dim: width ``C``.
+        dct_impl: ``"matmul"``, ``"fft"`` or ``"auto"``.
+        fft_threshold: switch size for ``"auto"``.
+        hco_core_dtype: ``"fp32"`` (default) or ``"autocast"`` for the DCT → decay → IDCT core.
+        fixed_k: ablation: a constant conductivity for all frequencies and channels; no ``to_k`` is built.
+        spatial_correction: RS-vHeat: ``x ← LayerNorm2d(ReLU(x + SCE))`` before the dwconv.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        dct_impl: DCTImpl = "matmul",
+        fft_threshold: int = DEFAULT_FFT_THRESHOLD,
+        hco_core_dtype: HCOCoreDtype = "fp32",
+        fixed_k: float | None = None,
+        spatial_correction: bool = False,
+    ) -> None:
+        super().__init__()
+        resolve_dct_impl(dct_impl, 1)  # validates the option early
+        if hco_core_dtype not in ("fp32", "autocast"):
+            raise ValueError(f"Unknown hco_core_dtype {hco_core_dtype!r}; expected 'fp32' or 'autocast'.")
+        if fixed_k is not None and fixed_k < 0:
+            raise ValueError(f"fixed_k must be >= 0, got {fixed_k}; a negative conductivity amplifies modes.")
+        self.dim = dim
+        self.dct_impl: DCTImpl = dct_impl
+        self.fft_threshold = fft_threshold
+        self.hco_core_dtype: HCOCoreDtype = hco_core_dtype
+        self.fixed_k = fixed_k
+        self.sce_norm = LayerNorm2d(dim) if spatial_correction else None
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.to_k: nn.Linear | None = nn.Linear(dim, dim) if fixed_k is None else None
+        self.out_norm = nn.LayerNorm(dim)
+        self.out_linear = nn.Linear(dim, dim)
+        # Inference mode: frozen decays keyed by (H, W); None while training mode. Derived data, never saved.
+        self._frozen: dict[tuple[int, int], torch.Tensor] | None = None
+        for linear in (self.linear, self.to_k, self.out_linear):
+            if linear is not None:  # hco.md §6: Linear trunc_normal(0.02), bias 0
+                nn.init.trunc_normal_(linear.weight, std=0.02)
+                nn.init.zeros_(linear.bias)
+
+    @property
+    def needs_fve(self) -> bool:
+        """Whether :meth:`forward` reads the FVE (false for ``fixed_k``)."""
+        return self.fixed_k is None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the decay is precomputed (inference mode)."""
+        return self._frozen is not None
+
+    def has_decay(self, height: int, width: int) -> bool:
+        """Whether the decay for an ``H × W`` map is available without the FVE (frozen size or ``fixed_k``)."""
+        return self.fixed_k is not None or (self._frozen is not None and (height, width) in self._frozen)
+
+    def conductivity(self, fve: torch.Tensor | None) -> torch.Tensor:
+        """``k = ReLU(to_k(FVE))`` in fp32 with autocast disabled.
+
+        Args:
+            fve: ``(H, W, C)`` Frequency Value Embedding at the map size; ignored with ``fixed_k``.
+
+        Returns:
+            ``(H, W, C)``, or a 0-d tensor for ``fixed_k``.
+        """
+        if self.fixed_k is not None:
+            return torch.tensor(float(self.fixed_k))
+        if fve is None or self.to_k is None:
+            raise DecayNotAvailableError(
+                "This HCO has no FVE/to_k to compute the conductivity from (dropped by fuse_decay(drop_fve=True)); "
+                "rebuild the model from its checkpoint to get them back."
+            )
+        with _autocast_off(fve.device):
+            return F.relu(F.linear(fve.float(), self.to_k.weight.float(), self.to_k.bias.float()))
+
+    def decay(self, height: int, width: int, fve: torch.Tensor | None) -> torch.Tensor:
+        """``exp(−k ⊙ Λ)`` for an ``H × W`` map, fp32: ``(H, W, C)``, or ``(H, W, 1)`` for ``fixed_k``."""
+        if self.fixed_k is not None:
+            device = fve.device if fve is not None else self.linear.weight.device
+            return decay_from_conductivity(float(self.fixed_k), height, width, device=device)
+        return decay_from_conductivity(self.conductivity(fve), height, width)
+
+    def freeze(self, sizes: list[tuple[int, int]], fves: list[torch.Tensor | None]) -> None:
+        """Switch to inference mode: precompute the decay for each ``(H, W)`` in ``sizes``.
+
+        Args:
+            sizes: map sizes.
+            fves: the FVE resized to each size (``None`` entries are fine with ``fixed_k``).
+        """
+        self._frozen = {} if self._frozen is None else self._frozen
+        for size, fve in zip(sizes, fves, strict=True):
+            self._frozen[size] = self._detached_decay(size, fve)
+
+    def unfreeze(self) -> None:
+        """Back to training mode: the decay is recomputed from the FVE on every forward."""
+        if self.to_k is None and self.fixed_k is None:
+            raise DecayNotAvailableError("to_k was dropped by fuse_decay(drop_fve=True); training mode needs it.")
+        self._frozen = None
+
+    def drop_conductivity(self) -> None:
+        """Delete ``to_k`` (inference mode only); unlisted sizes then raise :class:`DecayNotAvailableError`."""
+        if self._frozen is None:
+            raise DecayNotAvailableError("Call freeze() before dropping to_k, otherwise the decay cannot be computed.")
+        self.to_k = None
+
+    def _detached_decay(self, size: tuple[int, int], fve: torch.Tensor | None) -> torch.Tensor:
+        # NOTE: outside inference mode so the frozen tensor stays usable in later autograd-enabled forwards.
+        with torch.inference_mode(False), torch.no_grad():
+            return self.decay(size[0], size[1], fve).detach()
+
+    def resolve_decay(
+        self, height: int, width: int, fve: torch.Tensor | None, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """The decay this operator applies to an ``H × W`` map: frozen (inference mode) or computed from ``fve``."""
+        if self._frozen is None:
+            return self.decay(height, width, fve)
+        cached = self._frozen.get((height, width))
+        if cached is None:
+            if self.fixed_k is None and (fve is None or self.to_k is None):
+                raise DecayNotAvailableError(
+                    f"No frozen decay for a {height}×{width} map (frozen sizes: {sorted(self._frozen)}) and the "
+                    "FVE/to_k were dropped; list this size in fuse_decay(sizes=...) before dropping them."
+                )
+            cached = self._detached_decay((height, width), fve)
+            self._frozen[(height, width)] = cached
+        if device is not None and cached.device != device:
+            cached = cached.to(device)
+            self._frozen[(height, width)] = cached
+        return cached
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # New weights invalidate frozen decays; they are recomputed lazily (while to_k is present).
+        if self._frozen is not None and self.to_k is not None:
+            self._frozen.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(
+        self, x: torch.Tensor, fve: torch.Tensor | None = None, sce: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Apply the operator.
+
+        Args:
+            x: ``(B, C, H, W)``.
+            fve: ``(H, W, C)`` FVE resized to the map size (unused with ``fixed_k`` or a frozen decay for this size).
+            sce: ``(1, C, H, W)`` spatial correction embedding resized to the map size (RS-vHeat only).
+
+        Returns:
+            ``(B, C, H, W)``.
+        """
+        _, _, height, width = x.shape
+        if self.sce_norm is not None:
+            if sce is None:
+                raise ValueError("This HCO was built with spatial_correction=True but received no SCE.")
+            x = self.sce_norm(F.relu(x + sce))
+        x = self.dwconv(x)
+        x = self.linear(x.permute(0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C) -> (B, H, W, 2C)
+        u, z = x.chunk(2, dim=-1)  # 2 × (B, H, W, C)
+        decay = self.resolve_decay(height, width, fve, x.device)
+        u = apply_decay(
+            u, decay, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold, core_dtype=self.hco_core_dtype
+        )
+        if not (x.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type)):
+            u = u.to(z.dtype)  # e.g. bf16 weights without autocast: back to the model's dtype after the fp32 core
+        u = self.out_norm(u) * F.silu(z)
+        return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+    def extra_repr(self) -> str:
+        """Show the operator options in ``repr``."""
+        return (
+            f"dim={self.dim}, dct_impl={self.dct_impl!r}, core={self.hco_core_dtype!r}, fixed_k={self.fixed_k}, "
+            f"frozen={self.frozen}"
+        )
