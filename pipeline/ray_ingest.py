@@ -1,0 +1,547 @@
+"""The Ray Data part of ingest: the ``ItemChipper`` actor and the per-item work it does.
+
+``jobs/ingest.py`` builds a dataset with one row per STAC item (the item as a JSON string) and calls::
+
+    ds.map_batches(ItemChipper, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+                   concurrency=(1, workers), num_cpus=1)
+
+Each actor sets up the GDAL environment, the sensor registry and the output filesystem once. For every item it
+resolves the item, reads it once in strips (:func:`pipeline.tiling.cut_item`), drops chips over the nodata/cloud
+limits (they stay in the index with their reason), writes the shard and then commits the item's manifest
+(:mod:`pipeline.manifest`) **inside the actor**. It returns one small row per item (counts, status, the manifest
+JSON with the index rows and the stats partial): pixels never enter Ray's object store.
+
+Any error of one item becomes a failure manifest and a ``status="failed"`` row with the stage, error class and
+message; it never kills the job. Only ``MemoryError`` propagates (Ray then retries or fails the task loudly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.cog import gdal_env, redact_href
+from pipeline.errors import InvalidItemError
+from pipeline.items import resolve_item
+from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, chip_key, safe_segment
+from pipeline.records import Chip, FailureRecord, ResolvedItem
+from pipeline.sensors import SensorRegistry, load_sensors
+from pipeline.shards import read_shard, write_shard
+from pipeline.stats import BandStats
+from pipeline.tiling import cut_item
+
+__all__ = [
+    "FORWARDED_ENV_PREFIXES",
+    "PROCESSING_CODE_VERSION",
+    "STATS_STRIDE",
+    "IngestSettings",
+    "ItemChipper",
+    "ItemResult",
+    "check_item_id",
+    "ingest_item",
+    "item_collection",
+    "prefetched",
+    "processing_version",
+]
+
+# Bump when chipping, resampling, dB or DN-offset rules change: it changes processing_version and forces re-ingest.
+PROCESSING_CODE_VERSION = "1"
+# Normalisation stats use every STATS_STRIDE-th row and column of each written chip: 1/16 of the pixels, spread evenly
+# over every chip, which keeps the per-band mean/std well within a percent and the stats cheap at ingest.
+STATS_STRIDE = 4
+# Environment variables the driver hands to actors (a pooled Ray worker does not see the driver's later env changes).
+FORWARDED_ENV_PREFIXES = ("AWS_", "GDAL_", "CPL_", "VSI_")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything an actor needs, as plain data (it is pickled into every actor).
+
+    Attributes:
+        output: dataset root (local path or ``s3://``).
+        dataset_version, processing_version: where shards go and the unit-of-work key.
+        chip_size, stride: chip grid in reference pixels.
+        max_nodata, max_cloud: chips above these percentages are dropped (recorded in the index, not written).
+        s3_endpoint: S3 endpoint for the output (``None``: ``AWS_ENDPOINT_URL`` or AWS).
+        sensors_path: a sensor config YAML (``None``: the packaged ``pipeline/sensors.yaml``).
+        prefetch_chips: chips read ahead by a reader thread while the shard writer encodes (GDAL reads and Parquet
+            encoding both release the GIL, so they overlap); ``0`` reads and writes in turn.
+        gdal_options: extra GDAL config options for reads.
+        env: environment variables forwarded from the driver (``AWS_*`` ...). Never logged.
+    """
+
+    output: str
+    dataset_version: str
+    processing_version: str
+    chip_size: int = 256
+    stride: int | None = None
+    max_nodata: float = 50.0
+    max_cloud: float | None = None
+    s3_endpoint: str | None = None
+    sensors_path: str | None = None
+    prefetch_chips: int = 32
+    gdal_options: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def processing_version(
+    sensors: SensorRegistry, *, chip_size: int, stride: int | None, max_nodata: float, max_cloud: float | None
+) -> str:
+    """A short hash of everything that changes the chips: code version, sensor config, grid and drop limits."""
+    payload = {
+        "code": PROCESSING_CODE_VERSION,
+        "sensors": sensors.config_hash,
+        "chip_size": chip_size,
+        "stride": stride if stride is not None else chip_size,
+        "max_nodata": max_nodata,
+        "max_cloud": max_cloud,
+    }
+    digest = hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return f"p{PROCESSING_CODE_VERSION}-{digest}"
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The driver's ``AWS_*``/``GDAL_*``/``CPL_*``/``VSI_*`` variables, for :attr:`IngestSettings.env`."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The row an actor returns for one item (small: no pixels)."""
+
+    item_id: str
+    collection: str
+    status: str
+    n_written: int = 0
+    n_dropped_nodata: int = 0
+    n_dropped_cloud: int = 0
+    n_bytes: int = 0
+    stage: str = ""
+    error_class: str = ""
+    message: str = ""
+    manifest_path: str = ""
+    manifest: str = ""
+    seconds: float = 0.0
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+class _ChipFilter:
+    """Streams chips to the shard writer, dropping chips over the limits and recording every chip's index row."""
+
+    def __init__(
+        self, item: ResolvedItem, settings: IngestSettings, chips: Iterator[Chip], state: dict[str, str]
+    ) -> None:
+        self.item = item
+        self.settings = settings
+        self.chips = chips
+        self.state = state
+        self.rows: list[dict[str, Any]] = []
+        self.counts = {"written": 0, "dropped_nodata": 0, "dropped_cloud": 0}
+        self.stats: BandStats | None = None
+        self.nonfinite = 0
+        self._first: Chip | None = None
+        extras = {}
+        for column, prop in EXTRA_PROPERTIES.items():
+            value = item.properties.get(prop)
+            if column == "relative_orbit":
+                extras[column] = int(value) if isinstance(value, int | float) else None
+            else:
+                extras[column] = None if value is None else str(value)
+        self.extras = extras
+
+    def peek(self) -> Chip | None:
+        """The first chip to be written, after skipping dropped ones (its CRS names the shard's partition)."""
+        for chip in self._filtered():
+            self._first = chip
+            return chip
+        return None
+
+    def _filtered(self) -> Iterator[Chip]:
+        while True:
+            self.state["stage"] = "read"
+            try:
+                chip = next(self.chips)
+            except StopIteration:
+                return
+            self.state["stage"] = "chip"
+            if self._keep(chip):
+                self.state["stage"] = "write"
+                yield chip
+
+    def _keep(self, chip: Chip) -> bool:
+        s = self.settings
+        status, reason = "written", None
+        if chip.nodata_pct > s.max_nodata:
+            status, reason = "dropped_nodata", f"nodata_pct {chip.nodata_pct:.1f} > max_nodata {s.max_nodata:g}"
+        elif s.max_cloud is not None and chip.cloud_pct is not None and chip.cloud_pct > s.max_cloud:
+            status, reason = "dropped_cloud", f"cloud_pct {chip.cloud_pct:.1f} > max_cloud {s.max_cloud:g}"
+        row: dict[str, Any] = {
+            "chip_id": chip.chip_id,
+            "chip_key": chip_key(chip.chip_id),
+            "grid_cell": chip.grid_cell,
+            "item_id": self.item.item_id,
+            "collection": self.item.collection,
+            "datetime": _iso(self.item.datetime),
+            "geometry": chip.footprint_wkb.hex(),
+            "utm_epsg": int(chip.epsg),
+            "window": [int(v) for v in chip.window],
+            "cloud_pct": None if chip.cloud_pct is None else round(float(chip.cloud_pct), 4),
+            "nodata_pct": round(float(chip.nodata_pct), 4),
+            "status": status,
+            "reason": reason,
+            "shard_path": None,
+            "row_group": None,
+            "row_index": None,
+            "checksum": None,
+            "processing_version": s.processing_version,
+            **self.extras,
+        }
+        self.counts[status] += 1
+        if status == "written":
+            image = np.ascontiguousarray(chip.image)
+            if np.issubdtype(image.dtype, np.floating):
+                self.nonfinite += int(np.count_nonzero(~np.isfinite(image[:, chip.valid])))
+            if self.stats is None:
+                self.stats = BandStats([b.name for b in self.item.bands])
+            self.stats.update(image[:, ::STATS_STRIDE, ::STATS_STRIDE], chip.valid[::STATS_STRIDE, ::STATS_STRIDE])
+        self.rows.append(row)
+        return status == "written"
+
+    def written(self) -> Iterator[Chip]:
+        """The chips to write, starting with the one :meth:`peek` returned."""
+        if self._first is not None:
+            yield self._first
+        yield from self._filtered()
+
+
+def ingest_item(
+    item_json: str,
+    settings: IngestSettings,
+    *,
+    sensors: SensorRegistry,
+    store: OutputStore,
+    gdal: Mapping[str, str] | None = None,
+    attempt: int = 1,
+) -> ItemResult:
+    """Resolve, cut, filter, shard and commit one item; every error becomes a failure manifest, never an exception.
+
+    Args:
+        item_json: the STAC item as JSON text.
+        settings: the run's settings.
+        sensors: the sensor registry.
+        store: the output root.
+        gdal: GDAL config options for reads.
+        attempt: 1 for a first try, n for the n-th (failed items are retried on every run).
+    """
+    start = time.perf_counter()
+    state = {"stage": "resolve"}
+    item_id, collection, updated = "<unparsed>", "", None
+    resolved: ResolvedItem | None = None
+    try:
+        raw = json.loads(item_json)
+        if not isinstance(raw, dict):
+            raise InvalidItemError(f"STAC item must be a JSON object, got {type(raw).__name__}: {item_json[:80]!r}")
+        item_id = str(raw.get("id", "<no id>"))
+        collection = item_collection(raw, sensors)
+        updated = (raw.get("properties") or {}).get("updated")
+        check_item_id(raw.get("id"))
+        spec = sensors.for_item(raw)
+        item = resolved = resolve_item(raw, sensors)
+        collection = item.collection
+        cut = cut_item(item, chip_size=settings.chip_size, stride=settings.stride, gdal_env=gdal)
+        chips = _ChipFilter(item, settings, prefetched(cut, settings.prefetch_chips), state)
+        first = chips.peek()
+        shard = None
+        if first is not None:
+            state["stage"] = "write"
+            fingerprint = hashlib.blake2b(
+                f"{settings.processing_version}\x00{updated}".encode(), digest_size=4
+            ).hexdigest()
+            rel = (
+                f"shards/{safe_segment(settings.dataset_version)}/{safe_segment(item.collection)}/"
+                f"utm={first.epsg}/{item.safe_id}-{fingerprint}.parquet"
+            )
+            info = write_shard(
+                store.path(rel),
+                chips.written(),
+                item,
+                dataset_version=settings.dataset_version,
+                processing_version=settings.processing_version,
+                sensor_metadata=spec.to_metadata(),
+                filesystem=store.filesystem,
+            )
+            if info.n_rows != chips.counts["written"]:
+                raise RuntimeError(f"Shard {rel} holds {info.n_rows} rows but {chips.counts['written']} were sent.")
+            shard = {
+                "path": rel,
+                "n_rows": info.n_rows,
+                "n_bytes": info.n_bytes,
+                "checksum": info.checksum,
+                "row_group_size": info.row_group_size,
+                "dtype": np.dtype(first.image.dtype).name,
+                "chip_shape": [int(v) for v in first.image.shape],
+            }
+            _locate_rows(chips.rows, rel, store, info.row_group_size)
+        state["stage"] = "chip"
+        _check_usable(item, chips)
+        manifest = ItemManifest(
+            item_id=item.item_id,
+            collection=item.collection,
+            processing_version=settings.processing_version,
+            dataset_version=settings.dataset_version,
+            updated=updated,
+            datetime=_iso(item.datetime),
+            status="committed",
+            shard=shard,
+            counts=dict(chips.counts),
+            chips=tuple(chips.rows),
+            stats={**chips.stats.to_dict(), "pixel_stride": STATS_STRIDE} if chips.stats is not None else None,
+            sensor=spec.to_metadata(),
+            lineage=_lineage(raw, item),
+            attempt=attempt,
+        )
+        state["stage"] = "commit"
+        path = manifest.commit(store)
+        return ItemResult(
+            item_id=item.item_id,
+            collection=item.collection,
+            status="committed",
+            n_written=chips.counts["written"],
+            n_dropped_nodata=chips.counts["dropped_nodata"],
+            n_dropped_cloud=chips.counts["dropped_cloud"],
+            n_bytes=int(shard["n_bytes"]) if shard else 0,
+            manifest_path=path,
+            manifest=manifest.to_json(),
+            seconds=time.perf_counter() - start,
+        )
+    except MemoryError:
+        raise
+    except Exception as err:  # one item's failure must never stop the job; the table keeps the class
+        failure = FailureRecord(
+            item_id=item_id,
+            asset=_failed_asset(err, resolved),
+            stage=state["stage"],
+            error_class=type(err).__name__,
+            message=_message(err),
+        )
+        manifest = ItemManifest(
+            item_id=item_id,
+            collection=collection or "_unknown",
+            processing_version=settings.processing_version,
+            dataset_version=settings.dataset_version,
+            updated=updated if isinstance(updated, str) else None,
+            datetime=None,
+            status="failed",
+            failure=asdict(failure),
+            attempt=attempt,
+        )
+        path = ""
+        try:
+            path = manifest.commit(store)
+        except OSError:
+            pass  # the row still reports the failure; failures.parquet only misses it if the output is unwritable
+        return ItemResult(
+            item_id=item_id,
+            collection=collection,
+            status="failed",
+            stage=failure.stage,
+            error_class=failure.error_class,
+            message=failure.message,
+            manifest_path=path,
+            manifest=manifest.to_json(),
+            seconds=time.perf_counter() - start,
+        )
+
+
+@dataclass(frozen=True)
+class _Done:
+    error: BaseException | None = None
+
+
+def prefetched(chips: Iterator[Chip], depth: int) -> Iterator[Chip]:
+    """Iterate ``chips`` from a reader thread that stays up to ``depth`` chips ahead (``depth <= 0``: no thread).
+
+    Errors of the reader are re-raised here, in the consumer. When the consumer stops early, the reader stops too and
+    closes ``chips`` (so ``cut_item`` closes its files).
+    """
+    if depth <= 0:
+        yield from chips
+        return
+    slots: queue.Queue[Chip | _Done] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: Chip | _Done) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chip in chips:
+                if not put(chip):
+                    break
+            else:
+                put(_Done())
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put(_Done(err))
+        finally:
+            close = getattr(chips, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=read, name="chip-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            entry = slots.get()
+            if isinstance(entry, _Done):
+                if entry.error is not None:
+                    raise entry.error
+                return
+            yield entry
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def _locate_rows(rows: list[dict[str, Any]], rel: str, store: OutputStore, row_group_size: int) -> None:
+    """Fill shard path, row group, row index and checksum of the written chips from the shard just written.
+
+    Reading back the two small columns (instead of assuming the write order) makes the index describe the file.
+    """
+    table = read_shard(store.path(rel), columns=["chip_id", "checksum"], filesystem=store.filesystem)
+    where = {cid: (pos, checksum) for pos, (cid, checksum) in enumerate(
+        zip(table["chip_id"].to_pylist(), table["checksum"].to_pylist(), strict=True))}
+    for row in rows:
+        if row["status"] != "written":
+            continue
+        pos, checksum = where[row["chip_id"]]
+        row.update(shard_path=rel, row_group=pos // row_group_size, row_index=pos % row_group_size, checksum=checksum)
+
+
+def item_collection(raw: Mapping[str, Any], sensors: SensorRegistry) -> str:
+    """The collection an item is filed under: its ``collection``, else its sensor's name, else ``""``.
+
+    The driver (to skip committed items) and the actor (to commit them) must agree on it, as ``resolve_item`` does.
+    """
+    collection = raw.get("collection")
+    if isinstance(collection, str) and collection:
+        return collection
+    try:
+        return sensors.for_item(raw).name
+    except (KeyError, ValueError, TypeError):
+        return ""
+
+
+def check_item_id(item_id: Any) -> None:
+    """Reject ids that are unusable as STAC URL path segments (``/``, ``\\``, ``..``, control characters).
+
+    Raises:
+        InvalidItemError: with the offending id and how to fix it.
+    """
+    if not isinstance(item_id, str) or not item_id:
+        raise InvalidItemError(f"STAC item id must be a non-empty string, got {item_id!r}.")
+    bad = [part for part in ("/", "\\", "..") if part in item_id]
+    if bad or any(ord(ch) < 32 for ch in item_id):
+        shown = bad or ["control characters"]
+        raise InvalidItemError(
+            f"Item id {item_id!r} contains {', '.join(map(repr, shown))}: ids must not contain path separators or "
+            "'..' (they are URL path segments in a STAC API and would escape the output directory as file names). "
+            "Rename the item in the catalog."
+        )
+
+
+def _check_usable(item: ResolvedItem, chips: _ChipFilter) -> None:
+    """Reject items that yield nothing usable: no chip at all, or every chip dropped for nodata (all-nodata/NaN)."""
+    counts = chips.counts
+    total = sum(counts.values())
+    if total == 0:
+        raise InvalidItemError(
+            f"Item {item.item_id!r} (collection {item.collection!r}) produced no chips; check its proj:shape and "
+            "that its assets are not empty."
+        )
+    if counts["written"] == 0 and counts["dropped_cloud"] == 0:
+        raise InvalidItemError(
+            f"Item {item.item_id!r} (collection {item.collection!r}) has no valid pixels: all {total} chips exceed "
+            f"max_nodata {chips.settings.max_nodata:g}% (pixels equal to the nodata value, NaN or outside the "
+            "assets). Check the assets' nodata value (raster:bands / pipeline/sensors.yaml) and the data itself."
+        )
+    if chips.nonfinite:
+        raise InvalidItemError(
+            f"Item {item.item_id!r}: {chips.nonfinite} valid pixels are NaN or inf after conversion; refusing to "
+            "write them (Clay PR #54). Check the source data and the band's nodata value."
+        )
+
+
+def _failed_asset(err: BaseException, item: ResolvedItem | None) -> str:
+    """The asset key an error is about, when its message names one (a band or an href of the item), else ``""``."""
+    text = str(err)
+    if item is not None:
+        sources = [(b.asset_key, b.href) for b in item.bands]
+        if item.quality is not None:
+            sources.append((item.quality.asset_key, item.quality.href))
+        for key, href in sources:
+            if redact_href(href) in text:
+                return key
+    named = re.search(r"no asset for band `([^`]+)`", text)
+    return named.group(1) if named else ""
+
+
+def _message(err: BaseException) -> str:
+    text = str(err) or repr(err)
+    text = " ".join(text.split())
+    return text[:2000]
+
+
+def _lineage(raw: Mapping[str, Any], item: ResolvedItem) -> dict[str, Any]:
+    links = raw.get("links") or []
+    self_href = next((ln.get("href") for ln in links if isinstance(ln, dict) and ln.get("rel") == "self"), None)
+    return {
+        "item_href": redact_href(self_href) if isinstance(self_href, str) else None,
+        "assets": {b.name: redact_href(b.href) for b in item.bands},
+        "quality": redact_href(item.quality.href) if item.quality else None,
+        "updated": item.updated,
+    }
+
+
+class ItemChipper:
+    """Ray Data callable class: one actor chips items one at a time and returns small manifest rows.
+
+    Args:
+        settings: the run's :class:`IngestSettings`.
+    """
+
+    def __init__(self, settings: IngestSettings) -> None:
+        os.environ.update(settings.env)  # S3 keys/endpoint for GDAL and pyarrow in this worker process
+        self.settings = settings
+        self.sensors = load_sensors(settings.sensors_path)
+        self.gdal = gdal_env(settings.gdal_options)
+        self.store = OutputStore.open(settings.output, s3_endpoint=settings.s3_endpoint)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Chip every item of the batch (``item_json`` and ``attempt`` columns) and return one row per item."""
+        results = [
+            ingest_item(str(text), self.settings, sensors=self.sensors, store=self.store, gdal=self.gdal,
+                        attempt=int(attempt))
+            for text, attempt in zip(batch["item_json"], batch["attempt"], strict=True)
+        ]
+        columns = [f.name for f in ItemResult.__dataclass_fields__.values()]
+        return {name: np.asarray([getattr(r, name) for r in results]) for name in columns}

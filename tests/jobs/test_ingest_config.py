@@ -1,0 +1,76 @@
+"""jobs/_config.py: dataclass → flags + YAML, precedence, unknown keys and type errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from jobs._config import ConfigError, parse_config, to_dict
+from jobs.ingest import IngestConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    # Data
+    name: str
+    size: int = 256
+    rate: float | None = None
+    bands: tuple[str, ...] = ()
+    bbox: tuple[float, float, float, float] | None = None
+    mode: Literal["fast", "exact"] = "fast"
+    dry: bool = False
+
+
+def test_defaults_yaml_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nsize: 64\nbands: [B02, B03]\nmode: exact\n")
+    cfg = parse_config(_Cfg, ["--config", str(path), "--size", "32", "--dry", "--bbox", "1", "2", "3", "4"])
+    assert cfg == _Cfg(name="a", size=32, bands=("B02", "B03"), mode="exact", dry=True, bbox=(1.0, 2.0, 3.0, 4.0))
+    assert to_dict(cfg)["bands"] == ["B02", "B03"]
+
+
+def test_underscore_and_dash_flags_and_null() -> None:
+    assert parse_config(_Cfg, ["--name=x", "--rate", "none"]).rate is None
+    assert parse_config(_Cfg, ["--name", "x", "--rate", "0.5"]).rate == 0.5
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nsise: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'sise'.*valid keys: bands, bbox, dry, mode, name, rate, size"):
+        parse_config(_Cfg, ["--config", str(path)])
+
+
+def test_unknown_flag_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError, match=r"unknown argument.*--colour.*valid keys"):
+        parse_config(_Cfg, ["--name", "a", "--colour", "red"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "a", "--size", "big"], "expected an integer"),
+        (["--name", "a", "--mode", "slow"], r"expected one of \['fast', 'exact'\]"),
+        (["--name", "a", "--bbox", "1", "2"], "expected 4"),
+        ([], r"missing required config key\(s\) \['name'\]"),
+    ],
+)
+def test_type_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_Cfg, argv)
+
+
+def test_yaml_type_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\ndry: maybe\n")
+    with pytest.raises(ConfigError, match="'dry' got 'maybe'; expected true or false"):
+        parse_config(_Cfg, ["--config", str(path)])
+
+
+def test_ingest_configs_parse(repo_root: Path) -> None:
+    for path in sorted((repo_root / "jobs" / "configs").glob("ingest*.yaml")):
+        cfg = parse_config(IngestConfig, ["--config", str(path)])
+        assert cfg.output, path

@@ -1,0 +1,100 @@
+"""pipeline.dataset: load_chips (numpy, native dtype) and read_dataset (normalised Ray Dataset for Ray Train)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from pipeline.manifest import OutputStore, chip_key, write_outputs
+from pipeline.ray_ingest import IngestSettings, ingest_item, processing_version
+from pipeline.sensors import load_sensors
+from pipeline.stac import read_catalog
+
+SYNTHETIC = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic catalog ingested item by item (no Ray), then the outputs rebuilt from the manifests."""
+    out = tmp_path_factory.mktemp("dataset")
+    sensors = load_sensors()
+    pv = processing_version(sensors, chip_size=64, stride=None, max_nodata=50.0, max_cloud=None)
+    settings = IngestSettings(output=str(out), dataset_version="v1", processing_version=pv, chip_size=64)
+    store = OutputStore.open(str(out))
+    for item in read_catalog(SYNTHETIC / "items-fc.json").items:
+        ingest_item(json.dumps(item), settings, sensors=sensors, store=store)
+    write_outputs(store, dataset_version="v1", source={"catalog": "synthetic"})
+    return out
+
+
+def _written(dataset_dir: Path, collection: str | None = None) -> list[dict[str, Any]]:
+    rows = pq.read_table(dataset_dir / "index.parquet").to_pylist()
+    return [r for r in rows if r["status"] == "written" and (collection is None or r["collection"] == collection)]
+
+
+def test_load_chips_native_dtype_and_georeferencing(dataset_dir: Path) -> None:
+    written = _written(dataset_dir, "sentinel-1-rtc")
+    assert written
+    chips = list(pipeline.load_chips(str(dataset_dir), collection="sentinel-1-rtc"))
+    assert [c["chip_id"] for c in chips] == [r["chip_id"] for r in written]
+    for chip, row in zip(chips, written, strict=True):
+        assert chip["image"].dtype == np.float32 and chip["image"].shape == (2, 64, 64)
+        assert chip["valid"].dtype == bool and chip["valid"].shape == (64, 64) and chip["valid"].any()
+        assert chip["bands"] == ["vv", "vh"] and chip["crs"] == f"EPSG:{row['utm_epsg']}"
+        assert chip["item_id"] == row["item_id"] and len(chip["transform"]) == 6
+        assert tuple(chip["window"]) == tuple(row["window"])
+        from pipeline.shards import chip_checksum
+
+        assert chip_checksum(chip["image"]) == row["checksum"]
+
+
+def test_load_chips_by_id_in_requested_order(dataset_dir: Path) -> None:
+    ids = [r["chip_id"] for r in _written(dataset_dir)][::-1]
+    assert [c["chip_id"] for c in pipeline.load_chips(str(dataset_dir), ids)] == ids
+    with pytest.raises(KeyError, match="not written chips"):
+        list(pipeline.load_chips(str(dataset_dir), ["nope"]))
+
+
+def test_read_dataset_normalised_torch_batches(ray_local: Any, dataset_dir: Path) -> None:
+    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    stats = meta["collections"]["sentinel-1-rtc"]["stats"]
+    ds = pipeline.read_dataset(str(dataset_dir), collection="sentinel-1-rtc")
+    batches = list(ds.iter_torch_batches(batch_size=8))
+    images = np.concatenate([b["image"].numpy() for b in batches])
+    keys = np.concatenate([b["chip_key"].numpy() for b in batches])
+    assert images.dtype == np.float32 and images.shape[1:] == (2, 64, 64)
+    by_key = {chip_key(c["chip_id"]): c for c in pipeline.load_chips(str(dataset_dir), collection="sentinel-1-rtc")}
+    assert sorted(keys.tolist()) == sorted(by_key)
+    for image, key in zip(images, keys, strict=True):
+        raw = by_key[int(key)]["image"]
+        valid = raw[0] != -32768
+        mean = np.asarray(stats["mean"], np.float32)[:, None]
+        std = np.asarray(stats["std"], np.float32)[:, None]
+        np.testing.assert_allclose(image[:, valid], (raw[:, valid] - mean) / std, rtol=1e-5, atol=1e-5)
+        assert np.all(image[:, ~valid] == 0.0)
+
+
+def test_read_dataset_requires_one_collection(ray_local: Any, dataset_dir: Path) -> None:
+    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    if len(meta["collections"]) > 1:
+        with pytest.raises(ValueError, match=r"holds \d collections.*pass collection="):
+            pipeline.read_dataset(str(dataset_dir))
+    with pytest.raises(ValueError, match="is not in"):
+        pipeline.read_dataset(str(dataset_dir), collection="no-such-collection")
+    with pytest.raises(FileNotFoundError, match="no dataset.json"):
+        pipeline.read_dataset(str(dataset_dir / "nothing"))
+
+
+def test_import_pipeline_does_not_import_ray() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline; pipeline.load_chips; print('ray' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"

@@ -1,0 +1,166 @@
+"""pipeline.ray_ingest: one item → shard + committed manifest, failures as rows, the ItemChipper actor in Ray Data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.manifest import ItemManifest, OutputStore, load_manifests
+from pipeline.ray_ingest import (
+    STATS_STRIDE,
+    IngestSettings,
+    ItemChipper,
+    check_item_id,
+    ingest_item,
+    prefetched,
+    processing_version,
+)
+from pipeline.sensors import load_sensors
+from pipeline.shards import decode_images, shard_metadata
+from pipeline.stac import read_catalog
+
+SYNTHETIC = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
+
+
+def _items(path: Path) -> dict[str, dict[str, Any]]:
+    return {item["id"]: item for item in read_catalog(path).items}
+
+
+def _settings(out: Path, **overrides: Any) -> IngestSettings:
+    sensors = load_sensors()
+    kwargs: dict[str, Any] = {"chip_size": 64, "stride": None, "max_nodata": 50.0, "max_cloud": None}
+    kwargs.update(overrides)
+    pv = processing_version(sensors, **kwargs)
+    return IngestSettings(output=str(out), dataset_version="v1", processing_version=pv, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def s1_item() -> dict[str, Any]:
+    return next(i for i in _items(SYNTHETIC / "items-fc.json").values() if i["collection"] == "sentinel-1-rtc")
+
+
+def test_ingest_item_commits_shard_and_manifest(tmp_path: Path, s1_item: dict[str, Any]) -> None:
+    settings = _settings(tmp_path)
+    store = OutputStore.open(str(tmp_path))
+    result = ingest_item(json.dumps(s1_item), settings, sensors=load_sensors(), store=store)
+    assert result.status == "committed", result.message
+    manifest = ItemManifest.from_json(store.read_bytes(result.manifest_path))
+    assert manifest == load_manifests(store, "v1")["committed"][0]
+    # 96 px with 64 px chips: a 2 x 2 grid whose overhanging chips are dropped when > 50 % nodata, but indexed.
+    assert len(manifest.chips) == 4 and result.n_dropped_nodata >= 1 and result.n_dropped_cloud == 0
+    for chip in manifest.chips:
+        dropped = chip["nodata_pct"] > 50.0
+        assert chip["status"] == ("dropped_nodata" if dropped else "written")
+        assert (chip["reason"] or "").startswith("nodata_pct") == dropped
+        assert (chip["shard_path"] is None) == dropped
+
+    shard = tmp_path / manifest.shard["path"]
+    table = pq.read_table(shard)
+    written = [c for c in manifest.chips if c["status"] == "written"]
+    assert table.num_rows == len(written) == manifest.shard["n_rows"]
+    for chip in written:  # the index's (row_group, row_index) address the chip's row
+        row_group = pq.ParquetFile(shard).read_row_group(chip["row_group"])
+        assert row_group["chip_id"][chip["row_index"]].as_py() == chip["chip_id"]
+        assert row_group["checksum"][chip["row_index"]].as_py() == chip["checksum"]
+    meta = shard_metadata(str(shard))
+    assert meta["processing_version"] == settings.processing_version and meta["band_order"] == ["vv", "vh"]
+
+    images = decode_images(table)[:, :, ::STATS_STRIDE, ::STATS_STRIDE]  # (N, 2, 64, 64) -> (N, 2, 16, 16)
+    valid = np.asarray(table["valid"].combine_chunks().to_numpy_ndarray(), bool)[:, ::STATS_STRIDE, ::STATS_STRIDE]
+    assert manifest.stats["count"] == [int(valid.sum())] * 2
+    assert manifest.stats["mean"][0] == pytest.approx(float(images[:, 0][valid].mean()), rel=1e-6)
+    assert manifest.lineage["assets"]["vv"].endswith("vv.tif")
+
+
+def test_ingest_item_failure_becomes_row(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    store = OutputStore.open(str(tmp_path))
+    item = _items(BAD / "catalog.json")["S2B_MSIL2A_20240419T155819_R097_T18SUJ_20240419T205358-missing-asset"]
+    result = ingest_item(json.dumps(item), settings, sensors=load_sensors(), store=store, attempt=2)
+    assert (result.status, result.stage, result.error_class) == ("failed", "resolve", "AssetNotFoundError")
+    assert "available assets" in result.message
+    failed = load_manifests(store, "v1")["failed"]
+    assert [(m.item_id, m.attempt, m.failure["error_class"]) for m in failed] == [(item["id"], 2, "AssetNotFoundError")]
+    assert not list(tmp_path.glob("shards/**/*.parquet"))
+
+
+def test_invalid_json_and_unsafe_ids(tmp_path: Path) -> None:
+    store = OutputStore.open(str(tmp_path))
+    result = ingest_item("{not json", _settings(tmp_path), sensors=load_sensors(), store=store)
+    assert (result.status, result.error_class, result.stage) == ("failed", "JSONDecodeError", "resolve")
+    for bad in ("../../escape", "a/b", "a\\b", "x\x00y", ""):
+        with pytest.raises(ValueError, match="Item id|non-empty"):
+            check_item_id(bad)
+    check_item_id("S2B_MSIL2A_20240419T155819_R097_T18SUJ_20240419T205358")
+    assert all(p.resolve().is_relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+
+def test_processing_version_tracks_chip_settings() -> None:
+    sensors = load_sensors()
+    base = {"chip_size": 64, "stride": None, "max_nodata": 50.0, "max_cloud": None}
+    pv = processing_version(sensors, **base)
+    assert pv == processing_version(sensors, **{**base, "stride": 64})  # stride None means chip_size
+    assert pv != processing_version(sensors, **{**base, "chip_size": 128})
+    assert pv != processing_version(sensors, **{**base, "max_cloud": 20.0})
+
+
+def test_item_chipper_in_ray_data(ray_local: Any, tmp_path: Path) -> None:
+    """The actor returns only small manifest rows (no pixels) and commits inside the actor."""
+    import ray
+
+    items = list(_items(SYNTHETIC / "items-fc.json").values())
+    rows = [{"item_json": json.dumps(item), "attempt": 1} for item in items]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        ItemChipper,
+        fn_constructor_kwargs={"settings": _settings(tmp_path)},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        num_cpus=1,
+    )
+    out = sorted(ds.take_all(), key=lambda r: r["item_id"])
+    assert [r["item_id"] for r in out] == sorted(i["id"] for i in items)
+    assert all(r["status"] == "committed" for r in out), [r["message"] for r in out]
+    for row in out:
+        assert set(row) >= {"n_written", "manifest", "status"}
+        assert all(not isinstance(v, np.ndarray) or v.size < 8 for v in row.values())  # no pixel arrays
+        assert len(row["manifest"]) < 200_000
+    committed = load_manifests(OutputStore.open(str(tmp_path)), "v1")["committed"]
+    assert sorted(m.item_id for m in committed) == sorted(i["id"] for i in items)
+
+
+def test_cloudy_chips_dropped_with_reason_not_failed(tmp_path: Path) -> None:
+    item = next(i for i in _items(SYNTHETIC / "items-fc.json").values() if i["collection"] == "sentinel-2-l2a")
+    store = OutputStore.open(str(tmp_path))
+    result = ingest_item(json.dumps(item), _settings(tmp_path, max_cloud=0.0), sensors=load_sensors(), store=store)
+    assert result.status == "committed", result.message
+    chips = ItemManifest.from_json(store.read_bytes(result.manifest_path)).chips
+    cloudy = [c for c in chips if c["status"] == "dropped_cloud"]
+    assert cloudy and result.n_dropped_cloud == len(cloudy)
+    assert all(c["cloud_pct"] > 0 and c["reason"].startswith("cloud_pct") for c in cloudy)
+    assert all(c["cloud_pct"] == 0 for c in chips if c["status"] == "written")
+
+
+def test_prefetched_reraises_and_closes_source() -> None:
+    closed: list[bool] = []
+
+    def source(fail: bool) -> Any:
+        try:
+            yield from range(5)
+            if fail:
+                raise ValueError("strip 3 unreadable")
+        finally:
+            closed.append(True)
+
+    assert list(prefetched(source(False), 2)) == [0, 1, 2, 3, 4] == list(prefetched(source(False), 0))
+    with pytest.raises(ValueError, match="strip 3 unreadable"):
+        list(prefetched(source(True), 2))
+    early = prefetched(source(False), 1)
+    assert next(early) == 0
+    early.close()  # the consumer stops (e.g. a write error): the reader stops and closes the source
+    assert len(closed) == 4
