@@ -10,6 +10,11 @@ An asset in another CRS than the target grid is warped once through a ``WarpedVR
 Hrefs may be local paths, ``file://``, ``http(s)://`` (``/vsicurl/``) or ``s3://`` (``/vsis3/``). S3 endpoint and
 keys come from the process environment or the options passed to :func:`gdal_env`; they are never logged, and error
 messages carry hrefs without query strings or user info (Planetary Computer SAS tokens live in the query string).
+
+Hrefs are trusted input here. Untrusted catalogs are filtered earlier: :mod:`pipeline.stac` refuses local paths,
+``file://`` and GDAL ``/vsi...`` hrefs in items from a remote API or catalog, and libcurl refuses an HTTP redirect to
+``file://`` (tested). An ``s3://`` href in a remote catalog is read with this process's AWS credentials, like any
+other: point ingest only at catalogs you trust with those credentials, or run it with credentials scoped to them.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from rasterio.windows import Window
 from pipeline.errors import CRSNotFoundError, RasterReadError
 from pipeline.grid import PixelGrid
 
-__all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "gdal_env", "gdal_path", "redact_href", "resampling_method"]
+__all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "gdal_env", "gdal_path", "redact_href", "redact_text",
+           "resampling_method"]
 
 ResamplingName = Literal["nearest", "bilinear", "cubic", "average"]
 
@@ -108,7 +114,8 @@ def redact_href(href: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _scrub(text: str) -> str:
+def redact_text(text: str) -> str:
+    """``text`` (an error message) without URL query strings (signed tokens) or URL user info (credentials)."""
     return _USERINFO_IN_TEXT.sub("", _QUERY_IN_TEXT.sub("", text))
 
 
@@ -173,9 +180,9 @@ def _split_credentials(options: dict[str, str | int]) -> tuple[dict[str, str | i
 
 def _read_error(href: str, action: str, err: Exception) -> RasterReadError:
     return RasterReadError(
-        f"Could not {action} {redact_href(href)!r}: {_scrub(str(err))}. Check that the href exists and is a GeoTIFF, "
-        "that remote hosts are reachable and signed URLs have not expired, and for s3:// that AWS_S3_ENDPOINT and the "
-        "AWS_* keys are set in the GDAL env."
+        f"Could not {action} {redact_href(href)!r}: {redact_text(str(err))}. Check that the href exists and is a "
+        "GeoTIFF, that remote hosts are reachable and signed URLs have not expired, and for s3:// that "
+        "AWS_S3_ENDPOINT and the AWS_* keys are set in the GDAL env."
     )
 
 

@@ -13,9 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 import shapely
+import shapely.affinity
 from affine import Affine
 from pyproj import CRS, Transformer
-from shapely.geometry import Polygon
+from shapely.geometry import MultiPolygon, Polygon
 
 from pipeline.errors import CRSNotFoundError, GridMismatchError
 
@@ -127,10 +128,14 @@ def _to_wgs84(epsg: int) -> Transformer:
     return Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
 
 
-def chip_footprint(epsg: int, transform: Affine, width: int, height: int, *, densify: int = 8) -> Polygon:
+def chip_footprint(
+    epsg: int, transform: Affine, width: int, height: int, *, densify: int = 8
+) -> Polygon | MultiPolygon:
     """The WGS84 (lon/lat) polygon of a chip, from its transform, with ``densify`` points per edge.
 
-    Edges are densified before reprojection so that the polygon follows the curved outline of a UTM square.
+    Edges are densified before reprojection so that the polygon follows the curved outline of a UTM square. A chip
+    that crosses the antimeridian (UTM zones 1 and 60) is split there into a two-part ``MultiPolygon`` (RFC 7946
+    section 3.1.9), instead of a polygon wrapping the globe the wrong way.
 
     Args:
         epsg: EPSG code of the chip's CRS.
@@ -149,6 +154,13 @@ def chip_footprint(epsg: int, transform: Affine, width: int, height: int, *, den
             rows.append(r0 + (r1 - r0) * f)
     xs, ys = transform @ (np.asarray(cols), np.asarray(rows))
     lons, lats = _to_wgs84(epsg).transform(xs, ys)
+    lons = np.asarray(lons)
+    if lons.max() - lons.min() > 180.0:  # the ring jumps from +180 to -180: unwrap, then cut at the antimeridian
+        unwrapped = Polygon(zip(np.where(lons < 0, lons + 360.0, lons), lats, strict=True))
+        east = unwrapped.intersection(shapely.box(-180.0, -90.0, 180.0, 90.0))
+        west = shapely.affinity.translate(unwrapped.intersection(shapely.box(180.0, -90.0, 540.0, 90.0)), -360.0)
+        parts = [p for g in (east, west) for p in getattr(g, "geoms", [g]) if isinstance(p, Polygon) and not p.is_empty]
+        return shapely.normalize(MultiPolygon(parts))
     polygon = Polygon(zip(lons, lats, strict=True))
     return shapely.normalize(polygon) if polygon.is_valid else polygon
 

@@ -3,6 +3,8 @@ r"""Safe identifiers: turn a raw STAC item id into a deterministic name that is 
 Item ids come from catalogs we do not control and may contain ``/``, ``\``, ``..``, spaces or control characters.
 They never become raw paths: :func:`safe_id` keeps ``[A-Za-z0-9._-]``, replaces everything else with ``_``, and
 appends a short blake2b hash of the raw id whenever that changed anything, so two different raw ids never collide.
+A safe raw id that already ends like a hashed one (``-`` plus 10 hex digits) is hashed too: otherwise a catalog
+could name an item ``a_b-<hash of "a/b">`` and overwrite the shard of the item ``a/b``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ MAX_SAFE_ID_LENGTH = 200  # well under the 255-byte file-name limit of ext4/xfs/
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HASH_BYTES = 5  # 10 hex chars: 2**40 ids before a 50% collision chance among sanitised ids
+_HASHED_SUFFIX = re.compile(rf"-[0-9a-f]{{{2 * _HASH_BYTES}}}$")
 
 
 def _digest(raw: str) -> str:
@@ -42,7 +45,7 @@ def safe_id(raw: str) -> str:
     """
     if not isinstance(raw, str):
         raise ValueError(f"Item id must be a string, got {type(raw).__name__} {raw!r}.")
-    if is_safe_id(raw):
+    if is_safe_id(raw) and not _HASHED_SUFFIX.search(raw):
         return raw
     cleaned = _UNSAFE.sub("_", raw)
     cleaned = re.sub(r"\.{2,}", "_", cleaned).strip("._-")  # no "..", no leading dots/underscores

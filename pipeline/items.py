@@ -32,6 +32,7 @@ __all__ = [
     "BandOverride",
     "asset_epsg",
     "is_absolute_href",
+    "is_local_href",
     "item_base_href",
     "make_absolute_href",
     "parse_datetime",
@@ -45,6 +46,7 @@ _OVERRIDE_KEYS = frozenset({"nodata", "scale", "offset"})
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _URLJOIN_SCHEMES = frozenset({"http", "https", "file"})
 _SKIP_ROLES = frozenset({"visual", "overview", "thumbnail"})
+_DB_UNITS = frozenset({"db", "decibel", "decibels"})
 # Scalar provenance copied into ResolvedItem.properties (and from there into the chip index).
 _PROVENANCE_KEYS = (
     "eo:cloud_cover", "platform", "constellation", "s2:mgrs_tile", "s2:processing_baseline", "s2:product_type",
@@ -57,6 +59,12 @@ _PROVENANCE_KEYS = (
 def is_absolute_href(href: str) -> bool:
     """True for URLs with a scheme (``s3://``, ``https://``, ``file://``) and absolute local paths."""
     return bool(_SCHEME.match(href)) or os.path.isabs(href)
+
+
+def is_local_href(href: str) -> bool:
+    """True for hrefs that read this machine's files: paths (GDAL ``/vsi...`` paths included) and ``file://`` URLs."""
+    match = _SCHEME.match(href)
+    return match is None or match.group(0)[:-3].lower() == "file"
 
 
 def make_absolute_href(href: str, base: str | None) -> str:
@@ -303,6 +311,11 @@ def resolve_item(
     item_epsg = asset_epsg(properties)
     _check_metric(item_id, collection, item_epsg, "the item", spec)
     dn_offset, dn_reason = spec.harmonize.dn_offset_for(properties, acquired) if spec.harmonize else (0, "")
+    # The DN offset a provider may also state as a physical raster:bands offset (Earth Search v1: -0.1): folded to 0
+    # whether ingest applies it now or the provider already applied it to the DNs, so it never counts twice.
+    stated_offset = dn_offset
+    if spec.harmonize is not None and spec.harmonize.provider_applied(properties) is not None:
+        stated_offset = spec.harmonize.dn_offset
     base = item_base_href(item, base_href)
 
     bands: list[ResolvedBand] = []
@@ -321,7 +334,7 @@ def resolve_item(
             raise AssetNotFoundError(hint)
         key, index = found
         bands.append(_resolve_band(item_id, collection, spec, band, key, index, assets[key], properties, base,
-                                   dn_offset, overrides))
+                                   dn_offset, stated_offset, overrides))
 
     return ResolvedItem(
         item_id=item_id,
@@ -356,6 +369,7 @@ def _resolve_band(
     properties: Mapping[str, Any],
     base: str | None,
     dn_offset: int,
+    stated_offset: int,
     overrides: Mapping[str, BandOverride] | None,
 ) -> ResolvedBand:
     where = f"Item `{item_id}` asset `{key}`"
@@ -368,8 +382,8 @@ def _resolve_band(
     nodata = _nodata_value(found["nodata"]) if "nodata" in found else band.nodata
     scale = float(found.get("scale", band.scale))
     offset = float(found.get("offset", band.offset))
-    if dn_offset and "offset" in found and abs(offset - dn_offset * scale) <= 1e-9 + 1e-6 * abs(offset):
-        offset = 0.0  # Earth Search v1 states the -1000 DN offset as offset=-0.1; dn_offset already applies it
+    if stated_offset and "offset" in found and abs(offset - stated_offset * scale) <= 1e-9 + 1e-6 * abs(offset):
+        offset = 0.0  # Earth Search v1 states the -1000 DN offset as offset=-0.1; it is (or was) applied to the DNs
     for override in ((overrides or {}).get("*", {}), (overrides or {}).get(band.name, {})):
         if "nodata" in override:  # an explicit None means "this band has no nodata value"
             nodata = _nodata_value(override["nodata"])
@@ -377,6 +391,8 @@ def _resolve_band(
             scale = float(override["scale"])  # type: ignore[arg-type]
         if override.get("offset") is not None:
             offset = float(override["offset"])  # type: ignore[arg-type]
+    # A band the item already declares in dB (raster:bands unit) is never converted a second time.
+    to_db = band.to_db and str(found.get("unit", "")).strip().lower() not in _DB_UNITS
     return ResolvedBand(
         name=band.name,
         asset_key=key,
@@ -389,7 +405,7 @@ def _resolve_band(
         offset=offset,
         dn_offset=dn_offset,
         units=band.units,
-        to_db=band.to_db,
+        to_db=to_db,
         resampling=band.resampling,
         band_index=index,
         epsg=epsg,
@@ -423,9 +439,13 @@ def _resolve_quality(
     where = f"Item `{item_id}` asset `{key}`"
     epsg = asset_epsg(asset, properties)
     _check_metric(item_id, collection, epsg, f"asset `{key}`", spec)
+    rule = spec.quality
+    scl = rule.kind == "scl"
     return QualityAsset(
-        kind=spec.quality.kind,
+        kind=rule.kind,
         asset_key=key,
+        cloud=rule.cloud_values if scl else rule.cloud_bits,
+        nodata=rule.nodata_values if scl else rule.nodata_bits,
         href=make_absolute_href(str(asset["href"]), base),
         epsg=epsg,
         transform=_transform6(asset.get("proj:transform", properties.get("proj:transform")), where),

@@ -12,6 +12,8 @@ Cloud comes from the item's quality raster, resampled (nearest) onto the chip gr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from pipeline.records import QualityKind
@@ -23,6 +25,7 @@ __all__ = [
     "SCL_NODATA",
     "cloud_percent",
     "nodata_percent",
+    "quality_fill",
     "quality_masks",
 ]
 
@@ -32,28 +35,45 @@ LANDSAT_QA_FILL_BIT = 0
 LANDSAT_QA_CLOUD_BITS: tuple[int, ...] = (1, 3, 4)  # dilated cloud, cloud, cloud shadow
 
 
-def quality_masks(kind: QualityKind, qa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rule(kind: QualityKind, cloud: Sequence[int], nodata: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    match kind:
+        case "scl":
+            defaults = (tuple(sorted(SCL_CLOUD_CLASSES)), (SCL_NODATA,))
+        case "landsat_qa_pixel":
+            defaults = (LANDSAT_QA_CLOUD_BITS, (LANDSAT_QA_FILL_BIT,))
+        case _:
+            raise ValueError(f"Unknown quality raster kind {kind!r}; expected 'scl' or 'landsat_qa_pixel'.")
+    return tuple(cloud) or defaults[0], tuple(nodata) or defaults[1]
+
+
+def quality_masks(
+    kind: QualityKind, qa: np.ndarray, *, cloud: Sequence[int] = (), nodata: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """Cloud and no-data masks of a quality raster.
 
     Args:
         kind: ``"scl"`` (Sentinel-2 scene classification) or ``"landsat_qa_pixel"`` (bit flags).
         qa: the quality raster, any shape, integer dtype.
+        cloud: class values (``scl``) or bit numbers (``landsat_qa_pixel``) that mean cloud, as ``sensors.yaml``
+            gives them; empty: the module defaults.
+        nodata: likewise for no data.
 
     Returns:
         ``(cloud, nodata)`` bool arrays of ``qa``'s shape.
     """
-    match kind:
-        case "scl":
-            cloud = np.isin(qa, np.fromiter(SCL_CLOUD_CLASSES, dtype=np.int64))
-            nodata = qa == SCL_NODATA
-        case "landsat_qa_pixel":
-            bits = qa.astype(np.uint32, copy=False)
-            nodata = (bits >> LANDSAT_QA_FILL_BIT) & 1 == 1
-            flags = np.uint32(sum(1 << b for b in LANDSAT_QA_CLOUD_BITS))
-            cloud = ((bits & flags) != 0) & ~nodata
-        case _:
-            raise ValueError(f"Unknown quality raster kind {kind!r}; expected 'scl' or 'landsat_qa_pixel'.")
-    return cloud, nodata
+    cloud_rule, nodata_rule = _rule(kind, cloud, nodata)
+    if kind == "scl":
+        return np.isin(qa, np.asarray(cloud_rule, dtype=np.int64)), np.isin(qa, np.asarray(nodata_rule, dtype=np.int64))
+    bits = qa.astype(np.uint32, copy=False)
+    missing = (bits & np.uint32(sum(1 << b for b in nodata_rule))) != 0
+    flagged = (bits & np.uint32(sum(1 << b for b in cloud_rule))) != 0
+    return flagged & ~missing, missing
+
+
+def quality_fill(kind: QualityKind, nodata: Sequence[int] = ()) -> int:
+    """The quality value that means "no data", for target pixels outside the quality raster's extent."""
+    _, nodata_rule = _rule(kind, (), nodata)
+    return nodata_rule[0] if kind == "scl" else 1 << nodata_rule[0]
 
 
 def nodata_percent(valid: np.ndarray) -> float:

@@ -65,7 +65,11 @@ class ResolvedBand:
 
 @dataclass(frozen=True)
 class QualityAsset:
-    """A per-pixel quality raster (S2 ``SCL``, Landsat ``qa_pixel``) read alongside the bands for cloud/nodata %."""
+    """A per-pixel quality raster (S2 ``SCL``, Landsat ``qa_pixel``) read alongside the bands for cloud/nodata %.
+
+    ``cloud`` and ``nodata`` are the ``sensors.yaml`` rule: class values for ``scl``, bit numbers for
+    ``landsat_qa_pixel``; empty means the documented defaults of :mod:`pipeline.quality`.
+    """
 
     kind: QualityKind
     asset_key: str
@@ -73,6 +77,8 @@ class QualityAsset:
     epsg: int | None = None
     transform: Transform6 | None = None
     shape: tuple[int, int] | None = None
+    cloud: tuple[int, ...] = ()
+    nodata: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

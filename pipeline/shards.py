@@ -167,7 +167,13 @@ def dataset_metadata(
             "valid_encoding": "uint8 (H, W) tensor, 1 = every band has data",
             "checksum": "blake2b-128 hex of the C-contiguous image bytes",
         },
-        "quality": None if item.quality is None else {"kind": item.quality.kind, "asset_key": item.quality.asset_key},
+        "quality": None if item.quality is None else {
+            "kind": item.quality.kind,
+            "asset_key": item.quality.asset_key,
+            "cloud": list(item.quality.cloud),
+            "nodata": list(item.quality.nodata),
+            "resampling": "nearest",
+        },
         "sensor_metadata": dict(sensor_metadata),
         "lineage": {
             "item_id": item.item_id,
@@ -177,6 +183,8 @@ def dataset_metadata(
             "assets": {b.name: redact_href(b.href) for b in item.bands},
             "quality_asset": None if item.quality is None else redact_href(item.quality.href),
             "processing_version": processing_version,
+            # scalar provenance: platform, s2:processing_baseline, rs:dn_offset and its reason, orbit, ...
+            "properties": dict(item.properties),
         },
     }
 

@@ -8,6 +8,7 @@ because servers differ in what they support (``rustac serve`` silently returns n
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import warnings
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import requests
@@ -26,8 +28,9 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
+from pipeline.cog import redact_href, redact_text
 from pipeline.errors import InvalidItemError, STACAPIError
-from pipeline.items import is_absolute_href, item_base_href, make_absolute_href, parse_datetime
+from pipeline.items import is_absolute_href, is_local_href, item_base_href, make_absolute_href, parse_datetime
 from pipeline.records import FailureRecord
 from pipeline.warnings import ServerFeatureWarning
 
@@ -317,15 +320,45 @@ def _item_problem(item: Any) -> str | None:
 
 
 def _failure(item_id: str, error_class: str, message: str) -> FailureRecord:
-    return FailureRecord(item_id=item_id, asset="", stage="search", error_class=error_class, message=message)
+    return FailureRecord(item_id=item_id, asset="", stage="search", error_class=error_class,
+                         message=redact_text(message))
 
 
-def _absolutize(item: dict[str, Any], location: str | None) -> dict[str, Any]:
-    """Make asset hrefs absolute, against the item's absolute self link or else the file it was read from."""
+def _is_remote_source(source: str) -> bool:
+    """True when ``source`` (an API URL or a catalog href) is on another machine: not local, not loopback."""
+    if is_local_href(source):
+        return False
+    host = (urlsplit(source).hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name (or an s3:// bucket): remote
+        return True
+
+
+def _local_policy(allow_local_hrefs: bool | None, source: str) -> bool:
+    return (not _is_remote_source(source)) if allow_local_hrefs is None else allow_local_hrefs
+
+
+def _absolutize(item: dict[str, Any], location: str | None, allow_local: bool = True) -> dict[str, Any]:
+    """Make asset hrefs absolute, against the item's absolute self link or else the file it was read from.
+
+    Raises:
+        InvalidItemError: ``allow_local`` is False (the item came from a remote catalog or API) and an asset href
+            points at this machine's files (a path, ``file://`` or a GDAL ``/vsi...`` path).
+    """
     base = item_base_href(item, location)
-    for asset in (item.get("assets") or {}).values():
-        if isinstance(asset, dict) and isinstance(asset.get("href"), str) and base:
-            asset["href"] = make_absolute_href(asset["href"], base)
+    for key, asset in (item.get("assets") or {}).items():
+        if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+            if base:
+                asset["href"] = make_absolute_href(asset["href"], base)
+            if not allow_local and is_local_href(asset["href"]):
+                raise InvalidItemError(
+                    f"Asset `{key}` of item `{item.get('id')}` from a remote source has the local href "
+                    f"{redact_href(asset['href'])!r}; refusing to read this machine's files for a remote catalog. "
+                    "Pass allow_local_hrefs=True if the catalog is trusted and its files are really local."
+                )
     return item
 
 
@@ -346,6 +379,7 @@ def search_api(
     backoff_factor: float = 0.5,
     backoff_max: float = 30.0,
     headers: Mapping[str, str] | None = None,
+    allow_local_hrefs: bool | None = None,
 ) -> SearchResult:
     """Search a STAC API with POST, an explicit retry policy and a cloud filter where the server supports one.
 
@@ -361,6 +395,9 @@ def search_api(
         timeout: per-request timeout in seconds, or ``(connect, read)``; independent of retries.
         retries, backoff_factor, backoff_max: the retry policy (:func:`make_retry`).
         headers: extra HTTP headers (e.g. a subscription key).
+        allow_local_hrefs: accept items whose asset hrefs are local paths or ``file://`` URLs; ``None`` (default)
+            accepts them only from a loopback API (``127.0.0.1``, ``localhost``). A remote API cannot make the
+            ingest read this machine's files: such items become failures instead.
 
     Raises:
         STACAPIError: the API could not be opened or a page failed after its retries.
@@ -380,12 +417,13 @@ def search_api(
         "limit": limit,
         "max_items": max_items,
     }
-    result = SearchResult(items=[], source=url, params=params)
+    result = SearchResult(items=[], source=redact_href(url), params=params)
+    allow_local = _local_policy(allow_local_hrefs, url)
     try:
         # NOTE: Client.open re-applies its own timeout/headers to stac_io, so pass them again here.
         client = Client.open(url, stac_io=stac_io, timeout=timeout, headers=dict(headers or {}))
         if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
-            raise STACAPIError(f"STAC API {url} does not conform to item-search; cannot search it.")
+            raise STACAPIError(f"STAC API {redact_href(url)} does not conform to item-search; cannot search it.")
         search_kwargs: dict[str, Any] = {
             "collections": params["collections"], "bbox": params["bbox"], "datetime": params["datetime"],
             "limit": limit, "method": "POST",
@@ -396,35 +434,54 @@ def search_api(
             result.server_filter = True
         elif max_cloud is not None:
             warnings.warn(ServerFeatureWarning(
-                f"STAC API {url} does not conform to the Filter extension; filtering eo:cloud_cover <= {max_cloud} "
-                "client-side."), stacklevel=2)
+                f"STAC API {redact_href(url)} does not conform to the Filter extension; filtering "
+                f"eo:cloud_cover <= {max_cloud} client-side."), stacklevel=2)
         search = client.search(**{k: v for k, v in search_kwargs.items() if v is not None})
+        followed: set[str] = set()
         for page in search.pages_as_dicts():
             result.pages += 1
-            _collect(result, page.get("features") or [], f"{url} page {result.pages}",
+            _check_next_link(page, followed, url)
+            _collect(result, page.get("features") or [], f"{redact_href(url)} page {result.pages}", allow_local,
                      collections=collections, bbox=bbox, datetime=datetime, max_cloud=max_cloud)
             if max_items is not None and len(result.items) >= max_items:
                 del result.items[max_items:]
                 break
     except (APIError, requests.RequestException) as err:
         raise STACAPIError(
-            f"STAC search at {url} with {params} failed after {counter.retries} retries "
-            f"({counter.throttled} throttled, statuses {counter.statuses}): {err}"
+            f"STAC search at {redact_href(url)} with {params} failed after {counter.retries} retries "
+            f"({counter.throttled} throttled, statuses {counter.statuses}): {redact_text(str(err))}"
         ) from err
     finally:
         result.retries, result.throttled = counter.retries, counter.throttled
     return result
 
 
-def _collect(result: SearchResult, features: Sequence[Any], where: str, **filters: Any) -> None:
+def _check_next_link(page: Mapping[str, Any], followed: set[str], url: str) -> None:
+    """Refuse a ``next`` link (href and body) seen before: a server that repeats it would page forever."""
+    link = next((ln for ln in page.get("links") or () if isinstance(ln, dict) and ln.get("rel") == "next"), None)
+    if link is None:
+        return
+    key = json.dumps(link, sort_keys=True, default=str)
+    if key in followed:
+        raise STACAPIError(
+            f"STAC API {redact_href(url)} returned the same `next` link twice (page {len(followed) + 1}); it would "
+            "page forever. Narrow the search (smaller bbox/datetime units) or report the paging bug to the server."
+        )
+    followed.add(key)
+
+
+def _collect(result: SearchResult, features: Sequence[Any], where: str, allow_local: bool, **filters: Any) -> None:
     good = []
     for index, feature in enumerate(features):
         problem = _item_problem(feature)
         if problem is None:
-            good.append(_absolutize(feature, None))
-        else:
-            item_id = feature.get("id") if isinstance(feature, dict) and isinstance(feature.get("id"), str) else None
-            result.failures.append(_failure(item_id or f"{where}#{index}", "InvalidItemError", f"{where}: {problem}"))
+            try:
+                good.append(_absolutize(feature, None, allow_local))
+                continue
+            except InvalidItemError as err:
+                problem = str(err)
+        item_id = feature.get("id") if isinstance(feature, dict) and isinstance(feature.get("id"), str) else None
+        result.failures.append(_failure(item_id or f"{where}#{index}", "InvalidItemError", f"{where}: {problem}"))
     result.items.extend(filter_items(good, **filters))
 
 
@@ -444,6 +501,7 @@ def read_catalog(
     datetime: DatetimeLike | None = None,
     max_cloud: float | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    allow_local_hrefs: bool | None = None,
 ) -> SearchResult:
     """Read items from a static catalog, an ItemCollection, a bare JSON array of items, one item or an ndjson snapshot.
 
@@ -454,30 +512,37 @@ def read_catalog(
         path: a local path or URI (``s3://bucket/catalog.json``; read with fsspec).
         collections, bbox, datetime, max_cloud: filters applied client-side (see :func:`filter_items`).
         storage_options: fsspec options, e.g. an S3 endpoint.
+        allow_local_hrefs: follow links and accept asset hrefs that are local paths or ``file://`` URLs; ``None``
+            (default) allows them only in a local (or loopback) catalog, so a remote catalog cannot make the ingest
+            read this machine's files: such links and items become failures.
 
     Raises:
         InvalidItemError: the root file itself is missing or not valid JSON / not a STAC object.
     """
     root = os.fspath(path)
     root = root if is_absolute_href(root) else os.path.abspath(root)
-    result = SearchResult(items=[], source=root, params={
+    allow_local = _local_policy(allow_local_hrefs, root)
+    result = SearchResult(items=[], source=redact_href(root), params={
         "collections": list(collections) if collections else None, "bbox": list(bbox) if bbox else None,
         "datetime": _interval_text(iv) if (iv := _format_datetime(datetime)) else None, "max_cloud": max_cloud})
     try:
         text = _read_text(root, storage_options)
     except OSError as err:
-        raise InvalidItemError(f"Cannot read STAC catalog `{root}`: {err}") from err
+        raise InvalidItemError(
+            f"Cannot read STAC catalog `{redact_href(root)}`: {redact_text(str(err))}"
+        ) from err
     found: list[dict[str, Any]] = []
     if root.endswith((".ndjson", ".jsonl")):
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                _add_item(found, result, _parse(line, f"{root}:{number}", result), f"{root}:{number}", root)
+                _add_item(found, result, _parse(line, f"{root}:{number}", result), f"{root}:{number}", root,
+                          allow_local=allow_local)
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InvalidItemError(f"STAC file `{root}` is not valid JSON: {err}") from err
-        _walk(data, root, None, found, result, storage_options, set())
+            raise InvalidItemError(f"STAC file `{redact_href(root)}` is not valid JSON: {err}") from err
+        _walk(data, root, None, found, result, storage_options, set(), allow_local)
     result.items = filter_items(found, collections=collections, bbox=bbox, datetime=datetime, max_cloud=max_cloud)
     return result
 
@@ -491,7 +556,7 @@ def _parse(text: str, where: str, result: SearchResult) -> Any:
 
 
 def _add_item(found: list[dict[str, Any]], result: SearchResult, item: Any, where: str, location: str,
-              collection: str | None = None) -> None:
+              collection: str | None = None, *, allow_local: bool = True) -> None:
     if item is None:
         return
     problem = _item_problem(item)
@@ -503,25 +568,25 @@ def _add_item(found: list[dict[str, Any]], result: SearchResult, item: Any, wher
     if collection and not item.get("collection"):
         item["collection"] = collection
     try:
-        found.append(_absolutize(item, location))
+        found.append(_absolutize(item, location, allow_local))
     except InvalidItemError as err:
         result.failures.append(_failure(item["id"], "InvalidItemError", f"{where}: {err}"))
 
 
 def _walk(data: Any, location: str, collection: str | None, found: list[dict[str, Any]], result: SearchResult,
-          storage_options: Mapping[str, Any] | None, seen: set[str]) -> None:
+          storage_options: Mapping[str, Any] | None, seen: set[str], allow_local: bool) -> None:
     seen.add(location)
     if isinstance(data, list):
         for index, item in enumerate(data):
-            _add_item(found, result, item, f"{location}#{index}", location, collection)
+            _add_item(found, result, item, f"{location}#{index}", location, collection, allow_local=allow_local)
         return
     kind = data.get("type") if isinstance(data, dict) else None
     match kind:
         case "FeatureCollection":
             for index, item in enumerate(data.get("features") or []):
-                _add_item(found, result, item, f"{location}#{index}", location, collection)
+                _add_item(found, result, item, f"{location}#{index}", location, collection, allow_local=allow_local)
         case "Feature":
-            _add_item(found, result, data, location, location, collection)
+            _add_item(found, result, data, location, location, collection, allow_local=allow_local)
         case "Catalog" | "Collection":
             own = str(data.get("id")) if kind == "Collection" and data.get("id") else collection
             for link in data.get("links") or ():
@@ -530,6 +595,12 @@ def _walk(data: Any, location: str, collection: str | None, found: list[dict[str
                     continue
                 target = make_absolute_href(href, location)
                 if target in seen:
+                    continue
+                if not allow_local and is_local_href(target):
+                    seen.add(target)
+                    result.failures.append(_failure(target, "InvalidItemError",
+                                                    f"`{location}` links {rel} `{target}` on this machine; refusing to "
+                                                    "follow a local link from a remote catalog."))
                     continue
                 try:
                     text = _read_text(target, storage_options)
@@ -542,9 +613,9 @@ def _walk(data: Any, location: str, collection: str | None, found: list[dict[str
                     seen.add(target)
                 elif rel == "item":
                     seen.add(target)
-                    _add_item(found, result, child, target, target, own)
+                    _add_item(found, result, child, target, target, own, allow_local=allow_local)
                 else:
-                    _walk(child, target, own, found, result, storage_options, seen)
+                    _walk(child, target, own, found, result, storage_options, seen, allow_local)
         case _:
             result.failures.append(_failure(location, "InvalidItemError",
                                             f"`{location}` is not a STAC Catalog, Collection, Item or item list "

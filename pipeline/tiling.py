@@ -20,15 +20,13 @@ from rasterio.warp import transform_bounds
 from pipeline.cog import AssetReader, ResamplingName, redact_href
 from pipeline.errors import GridMismatchError, RasterReadError
 from pipeline.grid import PixelGrid, cell_key, chip_footprint, chip_offsets, chip_transform
-from pipeline.quality import cloud_percent, nodata_percent, quality_masks
+from pipeline.quality import cloud_percent, nodata_percent, quality_fill, quality_masks
 from pipeline.records import Chip, ResolvedBand, ResolvedItem
 
 __all__ = ["DB_FLOOR", "convert_band", "cut_item", "reference_grid"]
 
 # Linear backscatter <= 0 has no dB value; Clay clips to 1e-10 (-100 dB) before log10.
 DB_FLOOR = 1e-10
-# Fill values of quality rasters outside their extent: SCL class 0 is "no data"; qa_pixel bit 0 set means fill.
-_QUALITY_FILL = {"scl": 0, "landsat_qa_pixel": 1}
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,10 @@ def convert_band(band: ResolvedBand, raw: np.ndarray, covered: np.ndarray) -> tu
         covered: ``(H, W)`` True where the asset has pixels.
 
     Returns:
-        ``(pixels, valid)``: converted pixels (native dtype, float32 for dB) with invalid pixels set to the band's
-        nodata, and the ``(H, W)`` validity mask (nodata, NaN and inf are invalid).
+        ``(pixels, valid)``: converted pixels (native dtype, float32 for dB) and the ``(H, W)`` validity mask
+        (nodata, NaN and inf are invalid). Float bands get the band's nodata at invalid pixels (no NaN/inf is ever
+        stored); integer bands keep the value as read there, which at the rim of a nodata area can be a bilinear
+        blend of nodata and data: readers must use ``valid``, not the nodata value, to mask.
     """
     valid = covered.copy()
     if band.nodata is not None and not np.isnan(band.nodata):
@@ -207,10 +207,11 @@ def cut_item(
             image, valid = _read_strip(item, groups, strip, dtype)
             cloud = usable = None
             if item.quality is not None and quality_reader is not None:
+                rule = item.quality
                 qa, qa_covered = quality_reader.read(
-                    (1,), strip, resampling="nearest", fill_value=_QUALITY_FILL[item.quality.kind]
+                    (1,), strip, resampling="nearest", fill_value=quality_fill(rule.kind, rule.nodata)
                 )
-                cloud, qa_nodata = quality_masks(item.quality.kind, qa[0])
+                cloud, qa_nodata = quality_masks(rule.kind, qa[0], cloud=rule.cloud, nodata=rule.nodata)
                 usable = valid & qa_covered & ~qa_nodata
             for col_off in cols:
                 window = np.s_[:, col_off : col_off + chip_size]

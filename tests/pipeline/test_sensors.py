@@ -94,6 +94,7 @@ def test_metadata_block_is_json_and_hash_is_stable() -> None:
     assert b04 == {**b04, "common_name": "red", "center_wavelength_um": 0.665, "gsd_m": 10.0, "nodata": 0.0,
                    "scale": 0.0001, "units": "reflectance"}
     assert meta["harmonize"]["dn_offset"] == -1000 and meta["quality"]["resampling"] == "nearest"
+    assert "earthsearch:boa_offset_applied" in meta["harmonize"]["applied_flags"]  # the rule is recorded in full
     assert meta["config_hash"] == load_sensors(DEFAULT_SENSORS_PATH).to_metadata()["sentinel-2-l2a"]["config_hash"]
 
 
@@ -120,6 +121,17 @@ def test_s2_processing_baseline_harmonisation(baseline: str | None, acquired: in
     props = {} if baseline is None else {"s2:processing_baseline": baseline}
     offset, reason = rule.dn_offset_for(props, datetime(acquired, 6, 1, tzinfo=UTC))
     assert offset == expected and reason
+
+
+def test_baseline_from_the_esa_product_name_when_the_property_is_missing() -> None:
+    rule = load_sensors()["sentinel-2-l2a"].harmonize
+    assert rule is not None
+    early = datetime(2019, 6, 1, tzinfo=UTC)  # Collection-1 reprocessing gives old acquisitions baseline 05.xx
+    uri = "S2B_MSIL2A_20190601T095549_N0509_R122_T47XML_20230101T123458.SAFE"
+    offset, reason = rule.dn_offset_for({"s2:product_uri": uri}, early)
+    assert offset == -1000 and "05.09" in reason
+    assert rule.dn_offset_for({"sentinel:product_id": uri.replace("N0509", "N0212")}, early)[0] == 0
+    assert rule.dn_offset_for({}, early)[0] == 0  # nothing to go on: the acquisition date decides
 
 
 def test_platform_normalisation() -> None:

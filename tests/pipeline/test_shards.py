@@ -82,7 +82,25 @@ def test_metadata(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
     assert meta["sensor_metadata"] == {"name": "sentinel-2-l2a"}
     assert meta["lineage"]["item_id"] == item.item_id
     assert meta["lineage"]["assets"]["B02"].endswith("B02.tif")
+    assert meta["lineage"]["properties"] == item.properties  # baseline, DN offset and its reason travel along
+    assert meta["quality"]["kind"] == "scl" and meta["quality"]["resampling"] == "nearest"
     assert "SECRET" not in json.dumps(meta)
+
+
+def test_metadata_records_the_quality_rule_and_harmonisation(tmp_path: Path) -> None:
+    from pipeline.items import resolve_item
+
+    raw = json.loads(S2_ALIGNED.read_text())
+    for asset in raw["assets"].values():
+        asset["href"] = str(S2_ALIGNED.parent / asset["href"].removeprefix("./"))
+    item = resolve_item(raw)
+    chips = list(cut_item(item, chip_size=64))
+    info = write_shard(str(tmp_path / "s.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
+    meta = shard_metadata(info.path)
+    assert sorted(meta["quality"]["cloud"]) == [1, 3, 8, 9, 10] and meta["quality"]["nodata"] == [0]
+    props = meta["lineage"]["properties"]
+    assert props["s2:processing_baseline"] == "05.10" and props["rs:dn_offset"] == -1000
+    assert "05.10" in props["rs:dn_offset_reason"] and {b["dn_offset"] for b in meta["bands"]} == {-1000}
 
 
 def test_sar_shard_has_float32_and_null_cloud(tmp_path: Path) -> None:

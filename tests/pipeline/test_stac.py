@@ -152,6 +152,49 @@ def test_catalog_on_s3(moto_s3: Any, tmp_path: Path) -> None:
     assert len(result.failures) == 3
 
 
+def _hostile_hrefs(tmp_path: Path) -> list[dict[str, Any]]:
+    """Four S1 items: one with its real https hrefs, three whose `vv` points at this machine's files."""
+    items = read_catalog(FIXTURES / PC_FILES[1]).items
+    secret = tmp_path / "secret.tif"
+    secret.write_bytes(b"not for remote catalogs")
+    for item, href in zip(items[1:], [str(secret), secret.as_uri(), "/vsicurl/http://169.254.169.254/x.tif"],
+                          strict=True):
+        item["assets"]["vv"]["href"] = href
+    return items
+
+
+@pytest.mark.parametrize(("source", "remote"), [
+    ("/data/catalog.json", False), ("file:///data/catalog.json", False), ("http://127.0.0.1:8080/stac", False),
+    ("http://localhost/stac", False), ("http://[::1]:9/stac", False),
+    ("https://earth-search.aws.element84.com/v1", True),
+    ("http://127.0.0.1.nip.io/stac", True), ("http://localhost.evil.example/stac", True), ("s3://bucket/c.json", True),
+])
+def test_what_counts_as_a_remote_source(source: str, remote: bool) -> None:
+    from pipeline.stac import _is_remote_source
+
+    assert _is_remote_source(source) is remote
+
+
+def test_remote_catalog_cannot_point_at_local_files(moto_s3: Any, tmp_path: Path) -> None:
+    items = _hostile_hrefs(tmp_path)
+    local_child = tmp_path / "local-child.json"
+    local_child.write_text(json.dumps({"type": "FeatureCollection", "features": items[:1]}))
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    (tmp_path / "cat" / "catalog.json").write_text(json.dumps(
+        {"type": "Catalog", "id": "root", "stac_version": "1.0.0", "description": "d",
+         "links": [{"rel": "child", "href": "./items.json"}, {"rel": "child", "href": local_child.as_uri()},
+                   {"rel": "child", "href": str(local_child)}]}))
+    root = moto_s3.upload_tree(tmp_path / "cat", "hostile")
+    result = read_catalog(f"{root}/catalog.json", storage_options=moto_s3.storage_options)
+    assert [i["id"] for i in result.items] == [items[0]["id"]]
+    refused = [f for f in result.failures if "refusing" in f.message]
+    assert len(refused) == 5 and {f.item_id for f in refused} >= {i["id"] for i in items[1:]}
+    trusted = read_catalog(f"{root}/catalog.json", storage_options=moto_s3.storage_options, allow_local_hrefs=True)
+    assert len(trusted.items) == 6 and not trusted.failures  # 4 + the local child's item, followed twice by href
+    assert len(read_catalog(tmp_path / "cat" / "catalog.json").items) == 6  # a local catalog is trusted
+
+
 # ---------------------------------------------------------------------------------------------- STAC API (rustac)
 
 
@@ -186,6 +229,58 @@ def test_search_rustac_cloud_filter_falls_back_to_client_side(stac_api: Callable
     expected = filter_items(pc_items(), collections=["sentinel-2-l2a", "landsat-c2-l2"], max_cloud=50)
     assert {i["id"] for i in result.items} == {i["id"] for i in expected}
     assert 0 < len(expected) < 8  # the filter really removed something and kept something
+
+
+class _LoopingAPI(ThreadingHTTPServer):
+    """A minimal item-search API whose every page links `next` to the same page: a paging bug seen in the wild."""
+
+    daemon_threads = True
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        super().__init__(("127.0.0.1", 0), _LoopingHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.item, self.searches = item, 0
+
+
+class _LoopingHandler(BaseHTTPRequestHandler):
+    server: _LoopingAPI
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        url = self.server.url
+        self._send({"type": "Catalog", "id": "loop", "description": "d", "stac_version": "1.0.0",
+                    "conformsTo": [f"https://api.stacspec.org/v1.0.0/{c}" for c in ("core", "item-search")],
+                    "links": [{"rel": "self", "href": url}, {"rel": "root", "href": url},
+                              {"rel": "search", "href": f"{url}/search", "method": "POST",
+                               "type": "application/geo+json"}]})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.searches += 1
+        next_link = {"rel": "next", "href": f"{self.server.url}/search", "method": "POST", "body": {"token": "same"}}
+        self._send({"type": "FeatureCollection", "features": [self.server.item], "links": [next_link]})
+
+
+def test_a_server_repeating_its_next_link_cannot_page_forever() -> None:
+    server = _LoopingAPI(read_catalog(FIXTURES / PC_FILES[1]).items[0])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(STACAPIError, match="same `next` link twice"):
+            search_api(server.url, retries=0, timeout=5.0)
+        assert server.searches == 2  # the first page, and the repeat that was caught
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --------------------------------------------------------------------------------- retries: a real throttling proxy
@@ -261,6 +356,27 @@ def proxy_factory(
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def test_search_errors_carry_no_credentials() -> None:
+    url = "http://user:PASSWORD@127.0.0.1:9/stac?token=SECRET"  # port 9 (discard): nothing listens
+    with pytest.raises(STACAPIError) as info:
+        search_api(url, retries=0, timeout=2.0)
+    message = str(info.value)
+    assert "127.0.0.1:9/stac" in message and "SECRET" not in message and "PASSWORD" not in message
+
+
+def test_api_local_hrefs_allowed_only_from_loopback_or_when_asked(stac_api: Callable[[Path], str],
+                                                                  tmp_path: Path) -> None:
+    items = _hostile_hrefs(tmp_path)
+    path = tmp_path / "fc.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    url = stac_api(path)
+    assert len(search_api(url, limit=10).items) == 4  # a loopback API serves this machine's own files
+    strict = search_api(url, limit=10, allow_local_hrefs=False)
+    assert [i["id"] for i in strict.items] == [items[0]["id"]]
+    assert sorted(f.item_id for f in strict.failures) == sorted(i["id"] for i in items[1:])
+    assert all("refusing to read this machine's files" in f.message for f in strict.failures)
 
 
 @pytest.mark.parametrize("status", [429, 503])

@@ -128,6 +128,22 @@ def test_cloud_pct_from_scl(aligned_chips: list[Chip]) -> None:
     assert max(c.cloud_pct or 0 for c in aligned_chips) > 10
 
 
+def test_cloud_pct_follows_the_quality_rule_of_the_item(aligned_chips: list[Chip]) -> None:
+    base = resolved_item(S2_ALIGNED, S2_BANDS)
+    assert base.quality is not None
+    only_high = dataclasses.replace(base, quality=dataclasses.replace(base.quality, cloud=(9,)))
+    chips = list(cut_item(only_high, chip_size=64))
+    with rasterio.open(S2_ALIGNED.parent / "SCL.tif") as ds:
+        scl10 = np.kron(ds.read(1), np.ones((2, 2), dtype=np.uint8))  # 20 m -> 10 m nearest on an aligned grid
+    assert [c.chip_id for c in chips] == [c.chip_id for c in aligned_chips]
+    for chip in chips:
+        col, row, w, h = chip.window
+        usable = chip.valid & (scl10[row : row + h, col : col + w] != 0)
+        high = (scl10[row : row + h, col : col + w] == 9) & usable
+        assert chip.cloud_pct == pytest.approx(100 * high.sum() / max(usable.sum(), 1))
+    assert sum(c.cloud_pct or 0 for c in chips) < sum(c.cloud_pct or 0 for c in aligned_chips)
+
+
 def test_landsat_qa_pixel_cloud_and_southern_cell_keys() -> None:
     chips = list(cut_item(resolved_item(LANDSAT), chip_size=32))
     assert chips[0].grid_cell == "32655_E520185_N-4663485_32px_30m"  # northern code, negative northing kept
