@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import warnings
 from collections.abc import Callable
@@ -55,5 +56,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     model = _MODEL_ENTRYPOINTS[name](**kwargs)
     # Recorded so a checkpoint can rebuild the model with `create_model(model.model_name, **model.model_kwargs)`.
     model.model_name = name
-    model.model_kwargs = dict(kwargs)
+    model.model_kwargs = copy.deepcopy(kwargs)  # a snapshot: later edits of the caller's dicts do not leak in
     return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["BandCountMismatchError", "DecayNotAvailableError", "UnknownModalityError"]
+__all__ = ["BandCountMismatchError", "DecayNotAvailableError", "StatsMismatchError", "UnknownModalityError"]
 
 
 class BandCountMismatchError(ValueError):
@@ -83,5 +83,3 @@ class StatsMismatchError(ValueError):
             "both use the same stats, or pass `--allow-stats-mismatch` to proceed anyway."
         )
 
-
-__all__ += ["StatsMismatchError"]

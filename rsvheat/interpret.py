@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rsvheat.layers.heat2d import apply_decay
-from rsvheat.models.vheat import VHeat, _format_size, stage_sizes
+from rsvheat.models._backbone import format_size, stage_sizes
+from rsvheat.models.vheat import VHeat
 
 __all__ = ["StageHeatMaps", "stage_heat_maps", "write_heat_map_pngs"]
 
@@ -67,7 +68,7 @@ def stage_heat_maps(
     Returns:
         One :class:`StageHeatMaps` per stage.
     """
-    height, width = _format_size(image_size)
+    height, width = format_size(image_size)
     row, col = point
     if not (0 <= row < height and 0 <= col < width):
         raise ValueError(f"point {point} lies outside the {height}×{width} chip; use 0 <= row < H, 0 <= col < W.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["DropPath", "drop_path"]
+__all__ = ["DropPath", "drop_path", "drop_path_rates"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
@@ -22,6 +22,14 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -
     mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one Bernoulli draw per sample
     mask = x.new_empty(mask_shape).bernoulli_(keep)
     return x * mask / keep
+
+
+def drop_path_rates(max_rate: float, count: int) -> list[float]:
+    """Per-block stochastic-depth rates rising linearly from 0 to ``max_rate`` over ``count`` blocks.
+
+    Plain Python floats (no tensor), so models build on the ``meta`` device too.
+    """
+    return [max_rate * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
 
 
 class DropPath(nn.Module):

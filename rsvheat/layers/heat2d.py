@@ -6,7 +6,6 @@ The conductivity ``k = ReLU(to_k(FVE))`` is learned per frequency and channel fr
 
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import lru_cache
 from typing import Any, Literal
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from rsvheat.errors import DecayNotAvailableError
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl, dct2d, idct2d, resolve_dct_impl
 from rsvheat.layers.norm import LayerNorm2d
+from rsvheat.layers.precision import autocast_enabled, autocast_off
 
 __all__ = [
     "HCOCoreDtype",
@@ -29,14 +29,6 @@ __all__ = [
 ]
 
 HCOCoreDtype = Literal["fp32", "autocast"]
-_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu"})
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """Disable autocast locally (a no-op on devices autocast does not know, such as ``meta``)."""
-    if device.type in _AUTOCAST_DEVICES:
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 @lru_cache(maxsize=128)
@@ -76,7 +68,7 @@ def decay_from_conductivity(
     if isinstance(k, torch.Tensor):
         device = k.device
     grid = decay_grid(height, width, device)[..., None]  # (H, W) -> (H, W, 1)
-    with _autocast_off(grid.device):
+    with autocast_off(grid.device):
         if isinstance(k, torch.Tensor):
             return torch.exp(-k.float() * grid)
         return torch.exp(-float(k) * grid)
@@ -105,7 +97,7 @@ def apply_decay(
     """
     match core_dtype:
         case "fp32":
-            with _autocast_off(x.device):
+            with autocast_off(x.device):
                 work = x if x.dtype == torch.float64 else x.float()
                 spectrum = dct2d(work, "bhwc", dct_impl, fft_threshold)
                 return idct2d(spectrum * decay, "bhwc", dct_impl, fft_threshold)
@@ -194,6 +186,8 @@ class HeatConduction2d(nn.Module):
         self.out_linear = nn.Linear(dim, dim)
         # Inference mode: frozen decays keyed by (H, W); None while training mode. Derived data, never saved.
         self._frozen: dict[tuple[int, int], torch.Tensor] | None = None
+        # Eval without autograd: the last decay computed, with what it was computed from (see `_eval_decay`).
+        self._eval_cache: tuple[torch.Tensor, tuple[Any, ...], torch.Tensor] | None = None
         for linear in (self.linear, self.to_k, self.out_linear):
             if linear is not None:  # hco.md §6: Linear trunc_normal(0.02), bias 0
                 nn.init.trunc_normal_(linear.weight, std=0.02)
@@ -209,9 +203,16 @@ class HeatConduction2d(nn.Module):
         """Whether the decay is precomputed (inference mode)."""
         return self._frozen is not None
 
+    def _serves_frozen(self) -> bool:
+        # NOTE: in training mode a fused operator that still has to_k recomputes the decay, so the FVE and to_k keep
+        # learning (hco.md §9); frozen decays serve eval, or training only once to_k is gone.
+        return self._frozen is not None and (not self.training or self.to_k is None)
+
     def has_decay(self, height: int, width: int) -> bool:
         """Whether the decay for an ``H × W`` map is available without the FVE (frozen size or ``fixed_k``)."""
-        return self.fixed_k is not None or (self._frozen is not None and (height, width) in self._frozen)
+        return self.fixed_k is not None or (
+            self._serves_frozen() and self._frozen is not None and (height, width) in self._frozen
+        )
 
     def conductivity(self, fve: torch.Tensor | None) -> torch.Tensor:
         """``k = ReLU(to_k(FVE))`` in fp32 with autocast disabled.
@@ -224,12 +225,17 @@ class HeatConduction2d(nn.Module):
         """
         if self.fixed_k is not None:
             return torch.tensor(float(self.fixed_k))
-        if fve is None or self.to_k is None:
+        if self.to_k is None:
             raise DecayNotAvailableError(
-                "This HCO has no FVE/to_k to compute the conductivity from (dropped by fuse_decay(drop_fve=True)); "
-                "rebuild the model from its checkpoint to get them back."
+                "This HCO has no to_k to compute the conductivity from (dropped by fuse_decay(drop_fve=True)); "
+                "rebuild the model from its checkpoint to get it back."
             )
-        with _autocast_off(fve.device):
+        if fve is None:
+            raise DecayNotAvailableError(
+                "The conductivity k = ReLU(to_k(FVE)) needs the stage's FVE at the map size; pass `fve` (the HCO "
+                "has no frozen decay for this size)."
+            )
+        with autocast_off(fve.device):
             return F.relu(F.linear(fve.float(), self.to_k.weight.float(), self.to_k.bias.float()))
 
     def decay(self, height: int, width: int, fve: torch.Tensor | None) -> torch.Tensor:
@@ -271,8 +277,8 @@ class HeatConduction2d(nn.Module):
         self, height: int, width: int, fve: torch.Tensor | None, device: torch.device | None = None
     ) -> torch.Tensor:
         """The decay this operator applies to an ``H × W`` map: frozen (inference mode) or computed from ``fve``."""
-        if self._frozen is None:
-            return self.decay(height, width, fve)
+        if self._frozen is None or not self._serves_frozen():
+            return self._eval_decay(height, width, fve)
         cached = self._frozen.get((height, width))
         if cached is None:
             if self.fixed_k is None and (fve is None or self.to_k is None):
@@ -287,8 +293,39 @@ class HeatConduction2d(nn.Module):
             self._frozen[(height, width)] = cached
         return cached
 
+    def _eval_decay(self, height: int, width: int, fve: torch.Tensor | None) -> torch.Tensor:
+        """The decay from ``fve``; in eval without autograd, reused while the FVE tensor and ``to_k`` are unchanged.
+
+        The key holds the FVE tensor itself (the stage passes the same resized tensor, or the parameter, until the
+        parameter changes) and the in-place versions of the FVE and ``to_k``, so EMA updates and ``load_state_dict``
+        are seen. One entry: evaluation at a fixed size pays ``to_k`` and ``exp`` once instead of every forward.
+        """
+        needs_graph = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (fve, *(self.to_k.parameters() if self.to_k else ()))
+        )
+        if self.training or needs_graph or fve is None or self.to_k is None or fve.is_inference():
+            return self.decay(height, width, fve)
+        key = (height, width, fve.device, fve._version, self.to_k.weight._version, self.to_k.bias._version)
+        cached = self._eval_cache
+        if cached is not None and cached[0] is fve and cached[1] == key:
+            return cached[2]
+        decay = self._detached_decay((height, width), fve)
+        self._eval_cache = (fve, key, decay)
+        return decay
+
+    def train(self, mode: bool = True) -> HeatConduction2d:
+        """Set the mode and drop the eval-time decay cache."""
+        self._eval_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HeatConduction2d:
+        # `.to()`/`.half()` swap parameter data without a version bump: drop the eval cache.
+        self._eval_cache = None
+        return super()._apply(fn, recurse)
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # New weights invalidate frozen decays; they are recomputed lazily (while to_k is present).
+        self._eval_cache = None
         if self._frozen is not None and self.to_k is not None:
             self._frozen.clear()
         super()._load_from_state_dict(*args, **kwargs)
@@ -318,7 +355,7 @@ class HeatConduction2d(nn.Module):
         u = apply_decay(
             u, decay, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold, core_dtype=self.hco_core_dtype
         )
-        if not (x.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type)):
+        if not autocast_enabled(x.device):
             u = u.to(z.dtype)  # e.g. bf16 weights without autocast: back to the model's dtype after the fp32 core
         u = self.out_norm(u) * F.silu(z)
         return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)

@@ -10,8 +10,7 @@ and 2-D maps ``(B, C, H, W)`` alike.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from rsvheat.layers.dct import dct1d, dct2d, idct1d, idct2d
 from rsvheat.layers.dht import dht
+from rsvheat.layers.precision import autocast_off
 
 __all__ = [
     "LocalGlobalMixer",
@@ -135,6 +135,11 @@ class SpectralFilter(nn.Module):
         self._cache.clear()
         return super().train(mode)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> SpectralFilter:
+        # `.to()`/`.half()` swap the weight's data without a version bump: drop the cache.
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
     def weight_for(self, grid: tuple[int, ...]) -> torch.Tensor:
         """The weight for an input grid: the parameter itself at the built size, else per ``size_policy``."""
         grid = tuple(int(n) for n in grid)
@@ -203,10 +208,7 @@ class LocalGlobalMixer(nn.Module):
         half = x.shape[1] // 2
         x_loc, x_glb = x[:, :half], x[:, half:]
         y_loc = self.local(x_loc)
-        device = x.device.type
-        # NOTE: autocast is off for the global half; devices without autocast (e.g. "meta") need no guard.
-        guard = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
-        with guard:
+        with autocast_off(x.device):  # the global half runs in fp32 (heracles.md §11)
             y_glb = self.global_filter(x_glb.float())
         y_glb = y_glb.to(y_loc.dtype)
         # (B, C/2, *grid) x2 -> (B, C/2, 2, *grid) -> (B, C, *grid): channel 2i local, 2i+1 global

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from rsvheat._registry import register_model
-from rsvheat.errors import BandCountMismatchError, UnknownModalityError
-from rsvheat.layers.drop import DropPath
+from rsvheat.layers.drop import DropPath, drop_path_rates
 from rsvheat.layers.norm import LayerNorm2d
 from rsvheat.layers.spectral_mixer import (
     LocalGlobalMixer,
@@ -34,6 +33,15 @@ from rsvheat.layers.spectral_mixer import (
     SpectralTransform,
     check_size_policy,
     check_transform,
+)
+from rsvheat.models._backbone import (
+    SizeLike,
+    check_modality_input,
+    format_in_chans,
+    format_size,
+    pick_default_modality,
+    resolve_stage_indices,
+    stage_sizes,
 )
 
 __all__ = [
@@ -52,39 +60,6 @@ __all__ = [
 ]
 
 MixerKind = Literal["spectral", "attention"]
-ImgSizeLike = int | Sequence[int]
-
-
-def _as_pair(size: ImgSizeLike) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        return size, size
-    pair = tuple(size)
-    if len(pair) != 2 or not all(isinstance(n, int) and n > 0 for n in pair):
-        raise ValueError(f"img_size must be an int or (H, W) of positive ints, got {size!r}.")
-    return pair[0], pair[1]
-
-
-def _format_in_chans(in_chans: int | Mapping[str, int]) -> dict[str, int]:
-    if isinstance(in_chans, int) and not isinstance(in_chans, bool):
-        in_chans = {"optical": in_chans}
-    if not isinstance(in_chans, Mapping) or not in_chans:
-        raise ValueError(
-            f"in_chans must be a band count or a non-empty dict modality -> band count, got {in_chans!r}; "
-            "e.g. 13 or {'optical': 13, 'sar': 2}."
-        )
-    for name, bands in in_chans.items():
-        if not isinstance(name, str) or not isinstance(bands, int) or isinstance(bands, bool) or bands < 1:
-            raise ValueError(f"Modality {name!r} has band count {bands!r}; expected a str name and a positive int.")
-    return dict(in_chans)
-
-
-def _half_up(n: int) -> int:
-    return (n + 1) // 2  # a stride-2 conv with "same"-style padding maps n to ⌈n/2⌉
-
-
-def _linear_rates(max_rate: float, count: int) -> list[float]:
-    """Stochastic-depth rates rising linearly from 0 to ``max_rate`` over ``count`` blocks (plain Python: meta-safe)."""
-    return [max_rate * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
 
 
 def _tokens_to_map(x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
@@ -340,7 +315,7 @@ class Heracles(nn.Module):
         self,
         in_chans: int | Mapping[str, int] = 3,
         num_classes: int = 0,
-        img_size: ImgSizeLike = 224,
+        img_size: SizeLike = 224,
         transform: SpectralTransform = "dct",
         spectral_stages: int = 2,
         drop_path_rate: float = 0.0,
@@ -364,22 +339,20 @@ class Heracles(nn.Module):
             )
         if not 0 <= spectral_stages <= 4:
             raise ValueError(f"spectral_stages must be in 0..4, got {spectral_stages}.")
-        self.in_chans: dict[str, int] = _format_in_chans(in_chans)
+        self.in_chans: dict[str, int] = format_in_chans(in_chans)
         self.modalities: tuple[str, ...] = tuple(self.in_chans)
-        self.default_modality: str = "optical" if "optical" in self.in_chans else self.modalities[0]
-        self.img_size = _as_pair(img_size)
+        self.default_modality: str = pick_default_modality(self.in_chans)
+        self.img_size = format_size(img_size, "img_size")
         self.num_classes = num_classes
         self.num_features: int = dims[-1]
+        self.dims, self.depths = dims, depths
         self.transform = check_transform(transform)
         self.spectral_size_policy = check_size_policy(spectral_size_policy)
 
         self.stems = nn.ModuleDict({name: HeraclesStem(n, stem_hidden, dims[0]) for name, n in self.in_chans.items()})
-        rates = _linear_rates(drop_path_rate, sum(depths))
-        grid = (_half_up(_half_up(self.img_size[0])), _half_up(_half_up(self.img_size[1])))
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         stages: list[HeraclesStage] = []
-        for i in range(4):
-            if i > 0:
-                grid = (_half_up(grid[0]), _half_up(grid[1]))
+        for i, grid in enumerate(stage_sizes(*self.img_size, 4)):
             stages.append(
                 HeraclesStage(
                     dims[i - 1] if i else dims[0],
@@ -424,12 +397,7 @@ class Heracles(nn.Module):
 
     def _stem(self, x: torch.Tensor, modality: str | None) -> torch.Tensor:
         modality = self.default_modality if modality is None else modality
-        if modality not in self.stems:
-            raise UnknownModalityError(modality, self.modalities)
-        if x.ndim != 4:
-            raise ValueError(f"Heracles expects a (B, bands, H, W) input, got shape {tuple(x.shape)}.")
-        if x.shape[1] != self.in_chans[modality]:
-            raise BandCountMismatchError(modality, self.in_chans[modality], x.shape[1])
+        check_modality_input(x, self.in_chans, modality)
         return self.stems[modality](x)
 
     def forward_intermediates(
@@ -443,19 +411,7 @@ class Heracles(nn.Module):
                 stages, or None for all four.
             modality: stem to use; default ``default_modality``.
         """
-        num_stages = len(self.stages)
-        if indices is None:
-            wanted = list(range(num_stages))
-        elif isinstance(indices, int):
-            if not 0 < indices <= num_stages:
-                raise ValueError(f"indices={indices} asks for the last {indices} stages; the model has {num_stages}.")
-            wanted = list(range(num_stages - indices, num_stages))
-        else:
-            wanted = sorted({i % num_stages if -num_stages <= i < num_stages else i for i in indices})
-            if not wanted or wanted[0] < 0 or wanted[-1] >= num_stages:
-                raise ValueError(
-                    f"Stage indices {list(indices)} out of range; valid are 0..{num_stages - 1} (or negative)."
-                )
+        wanted = resolve_stage_indices(indices, len(self.stages))
         x = self._stem(x, modality)
         maps = []
         for i, stage in enumerate(self.stages[: wanted[-1] + 1]):

@@ -24,8 +24,9 @@ from torch.utils.checkpoint import checkpoint
 
 from rsvheat._registry import create_model, register_model
 from rsvheat.errors import BandCountMismatchError
+from rsvheat.layers.drop import drop_path_rates
 from rsvheat.layers.spectral_mixer import SpectralSizePolicy, SpectralTransform, check_size_policy, check_transform
-from rsvheat.models.heracles import HeraclesBlock, _init_weights, _linear_rates
+from rsvheat.models.heracles import HeraclesBlock, _init_weights
 
 __all__ = [
     "DayOfYearEncoding",
@@ -144,7 +145,7 @@ class HeraclesTS(nn.Module):
         heads = num_heads if num_heads is not None else max(1, dim // 32)
         self.embed = nn.Linear(in_chans + 1, dim)
         self.doy_embed = DayOfYearEncoding(dim, doy_harmonics)
-        rates = _linear_rates(drop_path_rate, sum(depths))
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         kinds = ["spectral"] * depths[0] + ["attention"] * depths[1]
         self.blocks = nn.ModuleList(
             HeraclesBlock(
@@ -227,7 +228,7 @@ class HeraclesTS(nn.Module):
 class HeraclesChipSequence(nn.Module):
     """Space-then-time model for ``(B, T, C, H, W)`` chip sequences with a ``(B, T)`` validity mask.
 
-    A registered 2-D backbone (any model with ``forward_features``/``forward_head(pre_logits=True)``) embeds every
+    A registered 2-D backbone (any model with ``forward_intermediates``/``forward_head(pre_logits=True)``) embeds every
     valid date with shared weights (batched as ``B·T``; masked dates are skipped and filled by the temporal model),
     then a :class:`HeraclesTS` runs over the ``T`` pooled embeddings. Memory is linear in ``T``.
 
@@ -251,7 +252,7 @@ class HeraclesChipSequence(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = create_model(encoder, **{**dict(encoder_kwargs or {}), "in_chans": in_chans, "num_classes": 0})
-        for required in ("forward_features", "forward_head", "num_features", "feature_info"):
+        for required in ("forward_intermediates", "forward_head", "num_features", "feature_info"):
             if not hasattr(self.encoder, required):
                 raise TypeError(
                     f"Encoder {encoder!r} ({type(self.encoder).__name__}) has no {required!r}; pass a 2-D backbone "
@@ -285,7 +286,8 @@ class HeraclesChipSequence(nn.Module):
         flat = x.flatten(0, 1)  # (B, T, C, H, W) -> (B·T, C, H, W)
         keep = flat if bool(valid.all()) else flat[valid]  # (N_valid, C, H, W)
         if keep.shape[0]:
-            emb = self.encoder.forward_head(self.encoder.forward_features(keep, modality=modality)[-1], pre_logits=True)
+            last = self.encoder.forward_intermediates(keep, [-1], modality)[-1]  # only the last stage is pooled
+            emb = self.encoder.forward_head(last, pre_logits=True)
         else:
             emb = flat.new_zeros(0, self.encoder.num_features)
         if keep is not flat:

@@ -12,7 +12,6 @@ per input modality with any band count, inference-mode decays keyed by map size,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,12 +21,20 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from rsvheat._registry import register_model
-from rsvheat.errors import BandCountMismatchError, UnknownModalityError
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl
-from rsvheat.layers.drop import DropPath
+from rsvheat.layers.drop import DropPath, drop_path_rates
 from rsvheat.layers.heat2d import HCOCoreDtype, HeatConduction2d
 from rsvheat.layers.norm import LayerNorm2d
 from rsvheat.layers.stem import build_stems
+from rsvheat.models._backbone import (
+    SizeLike,
+    check_modality_input,
+    format_in_chans,
+    format_size,
+    pick_default_modality,
+    resolve_stage_indices,
+    stage_sizes,
+)
 
 __all__ = [
     "EmbeddingResize",
@@ -49,26 +56,6 @@ __all__ = [
 
 FVEInterp = Literal["bicubic", "bilinear"]
 EmbeddingResize = Literal["bicubic", "bilinear", "zero_pad"]
-SizeLike = int | Sequence[int]
-_DEFAULT_MODALITY = "optical"
-
-
-def _format_size(size: SizeLike) -> tuple[int, int]:
-    """Normalise an ``int`` or ``(H, W)`` size to a tuple of two positive ints."""
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"Expected a size as a positive int or (height, width), got {size!r}.")
-    return int(pair[0]), int(pair[1])
-
-
-def stage_sizes(height: int, width: int, num_stages: int = 4) -> list[tuple[int, int]]:
-    """Map size of each stage for an ``H × W`` input: stride 4, then ``⌈n/2⌉`` per downsample (hco.md §6)."""
-    h, w = math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width / 2) / 2)
-    sizes = [(h, w)]
-    for _ in range(num_stages - 1):
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-        sizes.append((h, w))
-    return sizes
 
 
 def _resize_embedding(embedding: torch.Tensor, height: int, width: int, mode: FVEInterp) -> torch.Tensor:
@@ -254,7 +241,8 @@ class VHeat(nn.Module):
     Args:
         in_chans: band count of a single ``"optical"`` input, or ``{modality: band count}`` for one stem per
             modality feeding a shared trunk, e.g. ``{"optical": 13, "sar": 2}``.
-        num_classes: classifier outputs; 0 for no head (``forward`` then returns pooled features).
+        num_classes: classifier outputs; 0 (the default, as for every registry backbone) for no head: ``forward``
+            then returns pooled features. 1000 gives upstream's ImageNet network.
         img_size: nominal input size ``H`` or ``(H, W)``; sets the FVE/SCE shapes. Any size runs at any time.
         embed_dim: stage-0 width ``C``; stage ``i`` has ``C·2^i``.
         dims: explicit stage widths (overrides ``embed_dim``).
@@ -269,8 +257,10 @@ class VHeat(nn.Module):
         fve_interp: ``"bicubic"`` or ``"bilinear"`` FVE/SCE resizing.
         hco_core_dtype: ``"fp32"`` or ``"autocast"`` for the DCT → decay → IDCT core.
         fixed_k: ablation: a constant conductivity instead of the learned ``k`` (no FVE, no ``to_k``).
-        dense_norms: a LayerNorm2d ("outnorm") on the stage 0–2 outputs of ``forward_features``. Default: on
-            without a classifier (dense use); off with one, which gives upstream's exact classifier network.
+        dense_norms: a LayerNorm2d ("outnorm", hco.md §6) on the stage 0–2 outputs of ``forward_features``; the last
+            stage always has one (it is also the classifier's norm). Off by default: upstream's classifier network,
+            and no parameters that a head reading only some stages (e.g. classification) leaves without gradient,
+            which DDP rejects. Turn it on for dense heads that read every stage.
 
     Attributes:
         modalities: stem names, in ``in_chans`` order.
@@ -283,7 +273,7 @@ class VHeat(nn.Module):
     def __init__(
         self,
         in_chans: int | Mapping[str, int] = 3,
-        num_classes: int = 1000,
+        num_classes: int = 0,
         img_size: SizeLike = 224,
         embed_dim: int = 96,
         dims: Sequence[int] | None = None,
@@ -298,7 +288,7 @@ class VHeat(nn.Module):
         fve_interp: FVEInterp = "bicubic",
         hco_core_dtype: HCOCoreDtype = "fp32",
         fixed_k: float | None = None,
-        dense_norms: bool | None = None,
+        dense_norms: bool = False,
     ) -> None:
         super().__init__()
         if fve_interp not in ("bicubic", "bilinear"):
@@ -307,23 +297,18 @@ class VHeat(nn.Module):
         dims = tuple(int(d) for d in dims) if dims is not None else tuple(embed_dim * 2**i for i in range(len(depths)))
         if len(dims) != len(depths):
             raise ValueError(f"dims {dims} and depths {depths} must have one entry per stage.")
-        self.in_chans: dict[str, int] = (
-            {_DEFAULT_MODALITY: int(in_chans)} if isinstance(in_chans, int) else dict(in_chans)
-        )
+        self.in_chans: dict[str, int] = format_in_chans(in_chans)
         self.modalities: tuple[str, ...] = tuple(self.in_chans)
-        self.default_modality: str = (
-            _DEFAULT_MODALITY if _DEFAULT_MODALITY in self.in_chans else (self.modalities or ("",))[0]
-        )
+        self.default_modality: str = pick_default_modality(self.in_chans)
         self.num_classes = num_classes
-        self.img_size = _format_size(img_size)
+        self.img_size = format_size(img_size, "img_size")
         self.dims = dims
         self.depths = depths
         self.num_features: int = dims[-1]
-        self.dense_norms = num_classes == 0 if dense_norms is None else bool(dense_norms)
+        self.dense_norms = bool(dense_norms)
 
         self.stems = build_stems(self.in_chans, dims[0])
-        total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear from 0 to drop_path_rate
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         hco_kwargs = {
             "dct_impl": dct_impl,
             "fft_threshold": fft_threshold,
@@ -371,28 +356,10 @@ class VHeat(nn.Module):
     # --- modalities -------------------------------------------------------------------------------------------
     def _stem_for(self, x: torch.Tensor, modality: str | None) -> nn.Module:
         name = self.default_modality if modality is None else modality
-        if name not in self.stems:
-            raise UnknownModalityError(name, self.modalities)
-        if x.ndim != 4:
-            raise ValueError(f"Expected a (B, C, H, W) input for modality {name!r}, got shape {tuple(x.shape)}.")
-        if x.shape[1] != self.in_chans[name]:
-            raise BandCountMismatchError(name, self.in_chans[name], int(x.shape[1]))
+        check_modality_input(x, self.in_chans, name)
         return self.stems[name]
 
     # --- features ---------------------------------------------------------------------------------------------
-    def _resolve_indices(self, indices: int | Sequence[int] | None) -> list[int]:
-        count = len(self.stages)
-        if indices is None:
-            return list(range(count))
-        if isinstance(indices, int):
-            if not 0 < indices <= count:
-                raise ValueError(f"indices={indices} asks for the last {indices} stages; the model has {count}.")
-            return list(range(count - indices, count))
-        picked = sorted({i % count if -count <= i < count else i for i in indices})
-        if not picked or picked[0] < 0 or picked[-1] >= count:
-            raise ValueError(f"Stage indices {list(indices)} out of range; valid are 0..{count - 1} (or negative).")
-        return picked
-
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | Sequence[int] | None = None, modality: str | None = None
     ) -> list[torch.Tensor]:
@@ -403,7 +370,7 @@ class VHeat(nn.Module):
             indices: stages to return: ``None`` for all, ``n`` for the last ``n``, or a sequence of indices.
             modality: stem to use; ``None`` for ``default_modality``.
         """
-        take = self._resolve_indices(indices)
+        take = resolve_stage_indices(indices, len(self.stages))
         x = self._stem_for(x, modality)(x)
         outputs = []
         for i, stage in enumerate(self.stages):
@@ -431,7 +398,7 @@ class VHeat(nn.Module):
 
     def forward(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
         """Logits ``(B, num_classes)``, or pooled features ``(B, num_features)`` when ``num_classes == 0``."""
-        return self.forward_head(self.forward_intermediates(x, [len(self.stages) - 1], modality)[-1])
+        return self.forward_head(self.forward_intermediates(x, [-1], modality)[-1])
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh ``num_classes``-way one (0 removes it)."""
@@ -464,7 +431,7 @@ class VHeat(nn.Module):
         Returns:
             The model itself.
         """
-        inputs = [_format_size(s) for s in (sizes if sizes is not None else [self.img_size])]
+        inputs = [format_size(s) for s in (sizes if sizes is not None else [self.img_size])]
         per_input = [stage_sizes(h, w, len(self.stages)) for h, w in inputs]
         for i, stage in enumerate(self.stages):
             maps = sorted({sizes_i[i] for sizes_i in per_input})
@@ -543,7 +510,7 @@ def resize_embeddings(
     Returns:
         A new state dict; the input is not modified.
     """
-    targets = stage_sizes(*_format_size(img_size))
+    targets = stage_sizes(*format_size(img_size))
     out = dict(state_dict)
     for key, value in state_dict.items():
         parts = key.split(".")
@@ -604,11 +571,11 @@ def rsvheat_base(**kwargs: Any) -> VHeat:
 @register_model
 def vheat_test(**kwargs: Any) -> VHeat:
     """Tiny pre-norm vHeat for CI: C 16, one block per stage, 64 px."""
-    return _create_vheat({"embed_dim": 16, "depths": (1, 1, 1, 1), "img_size": 64, "num_classes": 10}, **kwargs)
+    return _create_vheat({"embed_dim": 16, "depths": (1, 1, 1, 1), "img_size": 64}, **kwargs)
 
 
 @register_model
 def rsvheat_test(**kwargs: Any) -> VHeat:
     """Tiny RS-vHeat for CI: C 16, one block per stage, 64 px, post-norm, layer scale, SCE, two stems."""
-    preset = {**_RS_BASE, "embed_dim": 16, "depths": (1, 1, 1, 1), "img_size": 64, "num_classes": 10}
+    preset = {**_RS_BASE, "embed_dim": 16, "depths": (1, 1, 1, 1), "img_size": 64}
     return _create_vheat({**preset, "drop_path_rate": 0.1}, **kwargs)

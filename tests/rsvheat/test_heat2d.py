@@ -163,9 +163,50 @@ def test_frozen_decay_matches_and_survives_inference_mode() -> None:
         hco.freeze([(12, 10)], [fve])
     assert hco.frozen and hco.has_decay(12, 10) and not hco.has_decay(5, 5)
     assert (hco(x) - expected).abs().max().item() <= 1e-6  # no FVE needed for a frozen size
-    hco.train()
     hco(x.requires_grad_()).sum().backward()  # a decay frozen under inference_mode is a normal tensor
+    assert x.grad is not None and torch.isfinite(x.grad).all()
     assert "decay" not in str(list(hco.state_dict()))
     hco.drop_conductivity()
     with pytest.raises(DecayNotAvailableError, match="5×5"):
         hco(torch.randn(1, 16, 5, 5))
+
+
+def test_fused_operator_in_training_mode_recomputes_the_decay_so_fve_and_to_k_learn() -> None:
+    torch.manual_seed(0)
+    hco = HeatConduction2d(8).eval()
+    fve = _fve(6, 5, 8).requires_grad_()
+    hco.freeze([(6, 5)], [fve])
+    hco.train()
+    assert not hco.has_decay(6, 5)  # training needs the FVE again
+    hco(torch.randn(2, 8, 6, 5), fve).square().sum().backward()
+    assert fve.grad is not None and fve.grad.abs().sum() > 0
+    assert hco.to_k is not None and hco.to_k.weight.grad is not None
+    with pytest.raises(DecayNotAvailableError, match="pass `fve`"):
+        hco(torch.randn(1, 8, 6, 5))
+    hco.eval()
+    assert hco.has_decay(6, 5)  # eval serves the frozen decay again
+    hco.drop_conductivity()
+    hco.train()
+    assert hco.has_decay(6, 5)  # without to_k the frozen decay is all there is
+
+
+def test_eval_without_autograd_reuses_the_decay_until_fve_or_to_k_change() -> None:
+    torch.manual_seed(0)
+    hco = HeatConduction2d(8).eval()
+    fve = _fve(6, 5, 8)
+    with torch.no_grad():
+        first = hco.resolve_decay(6, 5, fve)
+        assert hco.resolve_decay(6, 5, fve) is first  # cached: no to_k GEMM, no exp
+        assert hco.resolve_decay(6, 7, _fve(6, 7, 8)) is not first  # another size or FVE tensor recomputes
+        again = hco.resolve_decay(6, 5, fve)
+        assert again is not first and torch.equal(again, first)
+        hco.to_k.weight.mul_(3.0)  # an in-place (EMA-style) update is seen
+        assert torch.allclose(hco.resolve_decay(6, 5, fve), hco.decay(6, 5, fve))
+        assert not torch.allclose(hco.resolve_decay(6, 5, fve), first)
+        fve.mul_(0.0)  # so is one of the FVE
+        assert torch.equal(hco.resolve_decay(6, 5, fve), torch.ones(6, 5, 8) * hco.resolve_decay(6, 5, fve)[0, 0])
+    assert hco.resolve_decay(6, 5, fve).requires_grad  # with autograd the decay is part of the graph
+    hco.train()
+    assert hco._eval_cache is None
+    with torch.no_grad():
+        assert hco.resolve_decay(6, 5, fve) is not hco.resolve_decay(6, 5, fve)  # training never caches

@@ -55,7 +55,7 @@ def test_interleave_by_zeroing_one_half():
         mixer.local.weight.zero_()
         mixer.local.bias.zero_()
     out = mixer(x)
-    assert out[:, 0::2].abs().max() == 0 and out[:, 1::2].abs().min() >= 0 and out[:, 1::2].abs().max() > 0
+    assert out[:, 0::2].abs().max() == 0 and out[:, 1::2].abs().max() > 0
     mixer = LocalGlobalMixer(8, (10, 10))
     with torch.no_grad():
         mixer.global_filter.weight.zero_()
@@ -225,7 +225,8 @@ def test_large_builds_and_runs():
 
 
 def test_base_any_chip_size_and_layout():
-    model = rsvheat.create_model("heracles_base", in_chans={"optical": 13}).eval()
+    with torch.device("meta"):  # layout checks need shapes only
+        model = rsvheat.create_model("heracles_base", in_chans={"optical": 13})
     assert sum(f.weight.numel() for f in _filters(model)) == 501_760
     hidden = [stage.blocks[0].mlp.fc1.out_features for stage in model.stages]
     assert hidden == [8 * 64, 8 * 128, 4 * 320, 4 * 512]
@@ -233,6 +234,8 @@ def test_base_any_chip_size_and_layout():
     for stage in model.stages[2:]:
         assert not _filters(stage)
         assert all(block.mixer.q.out_features // block.mixer.num_heads == 32 for block in stage.blocks)
+    # B's widths, heads and ratios with one block per stage keep the forward cheap.
+    model = rsvheat.create_model("heracles_base", in_chans={"optical": 13}, depths=(1, 1, 1, 1)).eval()
     with torch.no_grad():
         feats = model.forward_features(torch.randn(1, 13, 40, 72))
     assert [tuple(f.shape) for f in feats] == [(1, 64, 10, 18), (1, 128, 5, 9), (1, 320, 3, 5), (1, 512, 2, 3)]
@@ -343,8 +346,11 @@ def test_forward_backward_and_grad_checkpointing_match():
     assert grads["stages.0.blocks.0.mixer.global_filter.weight"].abs().sum() > 0
     model.zero_grad()
     model.set_grad_checkpointing(True)
+    calls = []
+    model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
     out_ckpt = model(x)
     out_ckpt.square().sum().backward()
+    assert len(calls) == 2  # the block ran again in the backward pass
     assert torch.allclose(out, out_ckpt, atol=1e-6)
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, grads[n], atol=1e-5), n
@@ -401,7 +407,8 @@ def _to_upstream_key(key: str) -> str:
     if parts[2] == "norm":
         return f"norm{stage}.{parts[3]}"
     rest = ".".join(parts[4:])
-    rest = rest.replace("mixer.local.", "attn.conv.").replace("mixer.global_filter.", "attn.").replace("mixer.", "attn.")
+    for ours, theirs in (("mixer.local.", "attn.conv."), ("mixer.global_filter.", "attn."), ("mixer.", "attn.")):
+        rest = rest.replace(ours, theirs)
     return f"block{stage}.{parts[3]}.{rest.replace('mlp.dwconv.', 'mlp.dwconv.dwconv.')}"
 
 

@@ -151,8 +151,6 @@ def test_chip_sequence_skips_masked_dates(chipseq):
 
 
 def test_chip_sequence_with_another_encoder_and_json_kwargs():
-    if not rsvheat.is_model("vheat_test"):
-        pytest.skip("vheat_test is not registered in this tree")
     model = rsvheat.create_model(
         "heracles_chipseq_test", encoder="vheat_test", in_chans={"optical": 4, "sar": 2}, num_classes=2
     )

@@ -30,6 +30,11 @@ def _meta_model(name: str, **kwargs: object) -> VHeat:
         return rsvheat.create_model(name, **kwargs)
 
 
+def _spec_model(name: str, **kwargs: object) -> VHeat:
+    """The network the spec counts: upstream's 1000-class ImageNet classifier (registry default is num_classes=0)."""
+    return _meta_model(name, num_classes=1000, **kwargs)
+
+
 def _build(name: str, seed: int = 0, **kwargs: object) -> VHeat:
     torch.manual_seed(seed)
     return rsvheat.create_model(name, **kwargs)
@@ -63,7 +68,7 @@ def test_variants_are_registered_and_record_json_kwargs() -> None:
 
 @pytest.mark.parametrize("name", TEST_MODELS)
 def test_forward_backward_and_feature_info(name: str) -> None:
-    model = _build(name)
+    model = _build(name, num_classes=10)
     x = torch.randn(2, 3, 64, 64)
     features = model.forward_features(x)
     assert [f.shape[1] for f in features] == [info["num_chs"] for info in model.feature_info]
@@ -80,7 +85,7 @@ def test_forward_backward_and_feature_info(name: str) -> None:
 
 
 def test_forward_intermediates_indices_and_heads() -> None:
-    model = _build("vheat_test").eval()
+    model = _build("vheat_test", num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     full = model.forward_features(x)
     assert [t.shape for t in model.forward_intermediates(x, indices=2)] == [t.shape for t in full[2:]]
@@ -97,28 +102,40 @@ def test_forward_intermediates_indices_and_heads() -> None:
     assert model(x).shape == (1, 5)
 
 
-def test_dense_norms_default_follows_the_classifier() -> None:
-    classifier = _meta_model("vheat_tiny")
-    backbone = _meta_model("vheat_tiny", num_classes=0)
-    assert not classifier.dense_norms and backbone.dense_norms
-    # The backbone drops the 1000-way Linear and adds outnorms on stages 0–2.
-    delta = -(768 * 1000 + 1000) + 2 * (96 + 192 + 384)
-    assert count_parameters(backbone) == count_parameters(classifier) + delta
+def test_registry_default_is_the_backbone_without_classifier_and_dense_norms_are_opt_in() -> None:
+    classifier = _spec_model("vheat_tiny")
+    backbone = _meta_model("vheat_tiny")
+    dense = _meta_model("vheat_tiny", dense_norms=True)
+    assert backbone.num_classes == 0 and not backbone.dense_norms and dense.dense_norms
+    # The backbone drops the 1000-way Linear; dense_norms adds outnorms on stages 0–2.
+    assert count_parameters(backbone) == count_parameters(classifier) - (768 * 1000 + 1000)
+    assert count_parameters(dense) == count_parameters(backbone) + 2 * (96 + 192 + 384)
+    model = _build("vheat_test", dense_norms=True).eval()
+    with torch.no_grad():
+        for f in model.forward_features(torch.randn(1, 3, 48, 40)):  # every map leaves a LayerNorm at init
+            assert f.mean(dim=1).abs().max().item() < 1e-4
 
 
 def test_gradient_checkpointing_gives_the_same_outputs_and_gradients() -> None:
     model = _build("rsvheat_test", drop_path_rate=0.0)
     x = torch.randn(2, 3, 48, 40)
-    outputs, grads = [], []
+    calls: list[int] = []
+    model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    outputs, grads, block_calls = [], [], []
     for enable in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(enable)
+        calls.clear()
         out = model(x)
         out.sum().backward()
         outputs.append(out.detach())
-        grads.append(model.stages[0].fve.grad.clone())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        block_calls.append(len(calls))
+    assert block_calls == [1, 2]  # checkpointing recomputes the block in the backward pass
     assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and "stages.0.fve" in grads[0]
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
 
 
 def test_checkpoint_round_trip(tmp_path: pytest.TempPathFactory) -> None:
@@ -135,17 +152,17 @@ def test_checkpoint_round_trip(tmp_path: pytest.TempPathFactory) -> None:
 # --- parameter counts and GMACs (docs/hco.md §7) ----------------------------------------------------------------
 @pytest.mark.parametrize("name", list(SPEC_COUNTS))
 def test_parameter_counts_match_the_spec(name: str) -> None:
-    model = _meta_model(name)
+    model = _spec_model(name)
     train, inference = SPEC_COUNTS[name]
     assert count_parameters(model, "train") == train
     assert count_parameters(model, "inference") == inference
     width = model.dims[0]
-    assert count_parameters(_meta_model(name, in_chans=13)) - train == 10 * 9 * width // 2
+    assert count_parameters(_spec_model(name, in_chans=13)) - train == 10 * 9 * width // 2
 
 
 def test_tiny_with_13_bands_and_rs_vheat_counts() -> None:
-    assert count_parameters(_meta_model("vheat_tiny", in_chans=13)) == 30_857_800
-    rs = _meta_model("rsvheat_base", in_chans=3)
+    assert count_parameters(_spec_model("vheat_tiny", in_chans=13)) == 30_857_800
+    rs = _spec_model("rsvheat_base", in_chans=3)
     sce = sum(r * r * c for r, c in zip((56, 28, 14, 7), (128, 256, 512, 1024), strict=True))
     norms = sum(2 * c * d for c, d in zip((128, 256, 512, 1024), (2, 2, 18, 2), strict=True))
     assert count_parameters(rs) - SPEC_COUNTS["vheat_base"][0] == sce + norms
@@ -154,7 +171,7 @@ def test_tiny_with_13_bands_and_rs_vheat_counts() -> None:
 
 @pytest.mark.parametrize("name", list(SPEC_GMAC))
 def test_gmac_at_224_in_training_and_inference_mode(name: str) -> None:
-    model = _meta_model(name).eval()
+    model = _spec_model(name).eval()
     x = torch.empty(1, 3, 224, 224, device="meta")
     train_ref, inference_ref = SPEC_GMAC[name]
     with FlopCounterMode(display=False) as counter:
@@ -221,6 +238,18 @@ def test_eval_resize_cache_is_used_and_cleared(interpolate_calls: list[tuple[int
     assert len(interpolate_calls) == 6 * count  # training mode never caches
 
 
+def test_eval_decay_cache_follows_in_place_updates_of_to_k() -> None:
+    model = _build("vheat_test").eval()
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        before = model(x)
+        for stage in model.stages:
+            stage.blocks[0].hco.to_k.bias.add_(0.5)  # e.g. an EMA copy updated in place
+        cached = model(x)
+    assert not torch.allclose(cached, before)
+    assert torch.allclose(cached, model(x).detach(), atol=1e-6)  # with autograd nothing is cached
+
+
 def test_bilinear_fve_interp_and_bad_options() -> None:
     bicubic = _build("vheat_test").eval()
     bilinear = _build("vheat_test", fve_interp="bilinear").eval()
@@ -245,7 +274,7 @@ def test_gradients_reach_fve_and_sce_at_a_new_size() -> None:
 # --- modalities (docs/hco.md §10, test 15) -------------------------------------------------------------------------
 @pytest.mark.parametrize("bands", [2, 4, 13])
 def test_band_counts(bands: int) -> None:
-    model = _build("vheat_test", in_chans=bands)
+    model = _build("vheat_test", in_chans=bands, num_classes=10)
     assert model(torch.randn(1, bands, 32, 48)).shape == (1, 10)
 
 
@@ -324,6 +353,17 @@ def test_fuse_decay_matches_training_mode(name: str) -> None:
     assert not model.is_fused and set(model.state_dict()) == keys
 
 
+def test_fused_model_put_back_in_training_keeps_learning_fve_and_to_k() -> None:
+    model = _build("vheat_test").eval()
+    model.fuse_decay(sizes=[64])
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    for stage in model.stages:
+        assert stage.fve.grad is not None and stage.fve.grad.abs().sum() > 0
+        assert stage.blocks[0].hco.to_k.weight.grad is not None
+    assert model.is_fused  # eval serves the frozen decays again
+
+
 def test_fuse_decay_with_dropped_fve_runs_listed_sizes_only() -> None:
     model = _build("vheat_test").eval()
     x = torch.randn(1, 3, 64, 80)
@@ -358,7 +398,7 @@ def test_state_dict_has_no_caches_and_stable_embedding_keys() -> None:
 
 
 def test_fixed_k_model_has_no_fve_and_runs_any_size() -> None:
-    model = _build("vheat_test", fixed_k=0.3)
+    model = _build("vheat_test", fixed_k=0.3, num_classes=10)
     assert all(stage.fve is None for stage in model.stages)
     assert not any(".to_k." in name for name, _ in model.named_parameters())
     assert model(torch.randn(1, 3, 36, 44)).shape == (1, 10)
