@@ -13,7 +13,7 @@ PYTEST_MARKED = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$? -eq 5
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone clean
+.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator clean
 
 # Re-install only when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -52,6 +52,19 @@ test-all: test test-slow
 
 bench-ingest: samples
 	$(PY) benchmarks/ingest.py
+
+# timm/torchvision (Swin-B, ViT-B baselines) live in a separate venv: torchvision does not import beside torch 2.13.0.
+.venv-vision/.installed: benchmarks/requirements-vision.txt pyproject.toml
+	test -x .venv-vision/bin/python || $(PYTHON) -m venv .venv-vision
+	.venv-vision/bin/pip install -q -r benchmarks/requirements-vision.txt
+	.venv-vision/bin/pip install -q --no-deps -e .
+	touch $@
+
+bench-backbone: .venv-vision/.installed
+	.venv-vision/bin/python benchmarks/backbone.py
+
+bench-operator: install
+	$(PY) benchmarks/hco_operator.py
 
 clean:
 	rm -rf $(VENV) .venv-vision .cache out benchmarks/out

@@ -73,6 +73,14 @@ class IngestConfig:
     max_item_cloud: float | None = field(
         default=None, metadata={"help": "item-level eo:cloud_cover limit (default: --max-cloud)"}
     )
+    allow_local_hrefs: bool | None = field(
+        default=None,
+        metadata={"help": "accept local/file:// asset hrefs (default: only when the source itself is local/loopback)"},
+    )
+    nodata_override: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "BAND=VALUE nodata overrides ('*' = every band, 'none' = no nodata), e.g. B01=0 '*=nan'"},
+    )
     limit: int = field(default=100, metadata={"help": "STAC API page size"})
     max_items: int | None = field(default=None, metadata={"help": "stop after this many items"})
     since: str | None = field(
@@ -157,6 +165,28 @@ def _resolve_smoke(cfg: IngestConfig) -> IngestConfig:
     return replace(cfg, max_items=min(cfg.max_items or 2, 2), workers=1, chip_size=min(cfg.chip_size, 64))
 
 
+def nodata_overrides(specs: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """``["B01=0", "*=nan", "vv=none"]`` as ``resolve_item`` overrides: ``{"B01": {"nodata": 0.0}, ...}``.
+
+    Raises:
+        ConfigError: an entry that is not ``BAND=VALUE`` with a number, ``nan`` or ``none``.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for spec in specs:
+        band, sep, value = spec.partition("=")
+        try:
+            if not sep or not band.strip():
+                raise ValueError(spec)
+            nodata = None if value.strip().lower() == "none" else float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--nodata-override {spec!r} is not BAND=VALUE; use e.g. B01=0, '*=nan' (every band) or vv=none "
+                "(the band has no nodata value)."
+            ) from None
+        out[band.strip()] = {"nodata": nodata}
+    return out
+
+
 def _validate(cfg: IngestConfig) -> None:
     if (cfg.stac_api is None) == (cfg.catalog is None):
         raise ConfigError("Give exactly one source: --stac-api URL or --catalog PATH.")
@@ -168,6 +198,7 @@ def _validate(cfg: IngestConfig) -> None:
         raise ConfigError(f"--workers must be at least 1, got {cfg.workers}.")
     if not 0 <= cfg.max_nodata <= 100:
         raise ConfigError(f"--max-nodata is a percentage in [0, 100], got {cfg.max_nodata}.")
+    nodata_overrides(cfg.nodata_override)
 
 
 def _public_config(cfg: IngestConfig) -> dict[str, Any]:
@@ -221,21 +252,17 @@ def search(cfg: IngestConfig, since: datetime | None) -> tuple[list[dict[str, An
         # NOTE: an API can only filter on acquisition time; a static catalog is filtered below on datetime *or*
         # `updated`, so re-published old acquisitions are found there too.
         datetime_filter = f"{since.isoformat().replace('+00:00', 'Z')}/.."
-    collections = list(cfg.collections) or None
+    filters: dict[str, Any] = {
+        "collections": list(cfg.collections) or None,
+        "bbox": cfg.bbox,
+        "datetime": datetime_filter,
+        "max_cloud": item_cloud,
+        "allow_local_hrefs": cfg.allow_local_hrefs,
+    }
     if cfg.stac_api is not None:
-        result = stac.search_api(
-            cfg.stac_api,
-            collections=collections,
-            bbox=cfg.bbox,
-            datetime=datetime_filter,
-            max_cloud=item_cloud,
-            limit=cfg.limit,
-            max_items=cfg.max_items,
-        )
+        result = stac.search_api(cfg.stac_api, limit=cfg.limit, max_items=cfg.max_items, **filters)
     else:
-        result = stac.read_catalog(
-            cfg.catalog, collections=collections, bbox=cfg.bbox, datetime=datetime_filter, max_cloud=item_cloud
-        )
+        result = stac.read_catalog(cfg.catalog, **filters)
     items = list(result.items)
     if since is not None:
         items = [it for it in items if (t := _item_time(it)) is None or t >= since]
@@ -345,16 +372,24 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
     store = OutputStore.open(str(cfg.output), s3_endpoint=cfg.s3_endpoint)
     sensors = load_sensors(cfg.sensors)
     pv = processing_version(
-        sensors, chip_size=cfg.chip_size, stride=cfg.stride, max_nodata=cfg.max_nodata, max_cloud=cfg.max_cloud
+        sensors,
+        chip_size=cfg.chip_size,
+        stride=cfg.stride,
+        max_nodata=cfg.max_nodata,
+        max_cloud=cfg.max_cloud,
+        overrides=nodata_overrides(cfg.nodata_override),
     )
     log.info("processing_version %s, dataset_version %s, output %s", pv, cfg.dataset_version, store.uri)
     existing = load_manifests(store, cfg.dataset_version)
     other = sorted({m.processing_version for m in existing["committed"]} - {pv})
     if other:
         raise ConfigError(
-            f"Dataset version {cfg.dataset_version!r} in {store.uri} was built with processing_version {other} "
-            f"(chip size, stride, drop limits or sensor config), but these settings give {pv!r}; a changed "
-            "algorithm needs a new --dataset-version (shards are append-only), or re-run with the original settings."
+            f"Dataset version {cfg.dataset_version!r} in {store.uri} was built with processing_version {other}, but "
+            f"this run gives {pv!r} (it changes with chip size, stride, drop limits, nodata overrides, the sensor "
+            "config and the ingest code version, e.g. after an upgrade that changes the shard encoding). Shards are "
+            "append-only and never mixed across processing versions, so either pass a new --dataset-version (e.g. "
+            f"--dataset-version {cfg.dataset_version}-{pv}) to build a new dataset next to the old one in the same "
+            "--output, or use a new --output; or re-run with the settings and code that built the old one."
         )
     since = _since(cfg, existing["committed"])
     if since is not None:
@@ -393,6 +428,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
             stride=cfg.stride,
             max_nodata=cfg.max_nodata,
             max_cloud=cfg.max_cloud,
+            overrides=nodata_overrides(cfg.nodata_override),
             s3_endpoint=cfg.s3_endpoint,
             sensors_path=str(Path(cfg.sensors).resolve()) if cfg.sensors else None,
             env=forwarded_env(),

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ChipSample", "Normalizer", "load_chips", "read_dataset", "read_dataset_json"]
 
-_SHARD_COLUMNS = ("chip_id", "item_id", "collection", "crs_epsg", "transform", "window", "datetime", "image", "valid")
+_PIXEL_COLUMNS = ("image", "dtype", "shape", "valid")
+_SHARD_COLUMNS = ("chip_id", "item_id", "collection", "crs_epsg", "transform", "window", "datetime", *_PIXEL_COLUMNS)
 
 
 class ChipSample(TypedDict):
@@ -115,9 +116,9 @@ def load_chips(
             table = parquet.read_row_group(row_group, columns=list(_SHARD_COLUMNS))
         images = decode_images(table)  # (N, C, H, W)
         valid = decode_valid(table)  # (N, H, W)
-        scalars = table.select([c for c in _SHARD_COLUMNS if c not in ("image", "valid")])
+        scalars = table.select([c for c in _SHARD_COLUMNS if c not in _PIXEL_COLUMNS]).to_pylist()
         for chip_id, row_index in members:
-            row = scalars.slice(row_index, 1).to_pylist()[0]
+            row = scalars[row_index]
             if row["chip_id"] != chip_id:
                 raise ValueError(
                     f"index.parquet points chip {chip_id!r} at {shard_path} row group {row_group} row {row_index}, "
@@ -155,20 +156,25 @@ class Normalizer:
         s = np.asarray([np.nan if v is None else v for v in std], dtype=np.float32)
         self.mean = np.where(np.isfinite(m), m, 0.0).astype(np.float32)[None, :, None, None]  # (C,) -> (1, C, 1, 1)
         self.std = np.where(np.isfinite(s) & (s > 0), s, 1.0).astype(np.float32)[None, :, None, None]
+        self.inv_std = (1.0 / self.std).astype(np.float32)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         """Normalise one batch (a pyarrow table with ``image``, ``valid`` and ``chip_id`` columns)."""
         from pipeline.manifest import chip_key
 
-        images = decode_images(batch).astype(np.float32)  # (B, C, H, W)
+        raw = decode_images(batch)  # (B, C, H, W), native dtype
         valid = decode_valid(batch)[:, None, :, :]  # (B, H, W) -> (B, 1, H, W)
-        if images.shape[1] != self.mean.shape[1]:
+        if raw.shape[1] != self.mean.shape[1]:
             raise ValueError(
-                f"Shard chips have {images.shape[1]} bands but the dataset stats have {self.mean.shape[1]}; "
+                f"Shard chips have {raw.shape[1]} bands but the dataset stats have {self.mean.shape[1]}; "
                 "read one collection (one band set) per dataset."
             )
-        out = np.where(valid, (images - self.mean) / self.std, np.float32(0.0)).astype(np.float32)
-        out[~np.isfinite(out)] = 0.0
+        out = raw.astype(np.float32)  # one copy, then in place
+        out -= self.mean
+        out *= self.inv_std
+        out *= valid
+        if np.issubdtype(raw.dtype, np.floating):  # float sources could hold NaN/inf at invalid pixels
+            out[~np.isfinite(out)] = 0.0
         keys = np.asarray([chip_key(c) for c in batch.column("chip_id").to_pylist()], dtype=np.int64)
         return {"image": out, "chip_key": keys}
 
@@ -219,7 +225,6 @@ def read_dataset(
     ds = ray.data.read_parquet(
         paths,
         filesystem=store.filesystem,
-        columns=["chip_id", "image", "valid"],
         override_num_blocks=override_num_blocks,
-    )
+    ).select_columns(["chip_id", *_PIXEL_COLUMNS])  # pushed down into the Parquet read
     return ds.map_batches(Normalizer(stats["mean"], stats["std"]), batch_format="pyarrow")

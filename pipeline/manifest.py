@@ -36,7 +36,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import shapely
 
+from pipeline.ids import safe_id
 from pipeline.records import FailureRecord
+from pipeline.shards import PIXEL_ENCODING
 from pipeline.stats import BandStats
 
 __all__ = [
@@ -104,16 +106,6 @@ FAILURE_SCHEMA = pa.schema(
     ]
 )
 
-# How shards store pixels (pipeline.shards); per-collection dtype and chip shape are in dataset.json's collections.
-PIXEL_ENCODING: Mapping[str, str] = {
-    "column": "image",
-    "type": "arrow.fixed_shape_tensor",
-    "layout": "CHW",
-    "byte_order": "little",
-    "valid_column": "valid",
-    "checksum": "blake2b-128 hex of the C-contiguous image bytes",
-}
-
 # Index columns filled from ResolvedItem.properties (sensor extras, data-pipeline.md §2).
 EXTRA_PROPERTIES: Mapping[str, str] = {
     "mgrs_tile": "s2:mgrs_tile",
@@ -138,12 +130,6 @@ def item_key(collection: str, item_id: str) -> str:
     readable = _UNSAFE.sub("_", item_id).strip("._")[:80] or "item"
     digest = hashlib.blake2b(f"{collection}\x00{item_id}".encode(), digest_size=6).hexdigest()
     return f"{readable}-{digest}"
-
-
-def safe_segment(text: str) -> str:
-    """A single safe path segment for a collection id or dataset version (never ``..`` or empty)."""
-    cleaned = _UNSAFE.sub("_", text).strip("._")
-    return cleaned or "_"
 
 
 # ------------------------------------------------------------------------------------------------------- file access
@@ -299,7 +285,7 @@ class ItemManifest:
     @property
     def rel_path(self) -> str:
         """Where this manifest lives, relative to the dataset root."""
-        base = f"manifests/{safe_segment(self.dataset_version)}/{safe_segment(self.collection)}"
+        base = f"manifests/{safe_id(self.dataset_version)}/{safe_id(self.collection)}"
         suffix = ".json" if self.status == "committed" else ".failed.json"
         return f"{base}/{item_key(self.collection, self.item_id)}{suffix}"
 
@@ -340,7 +326,7 @@ def load_manifests(store: OutputStore, dataset_version: str) -> dict[str, list[I
     """
     committed: list[ItemManifest] = []
     failed: list[ItemManifest] = []
-    for rel in store.list_files(f"manifests/{safe_segment(dataset_version)}", ".json"):
+    for rel in store.list_files(f"manifests/{safe_id(dataset_version)}", ".json"):
         manifest = ItemManifest.from_json(store.read_bytes(rel))
         (failed if rel.endswith(".failed.json") else committed).append(manifest)
     done = {(m.collection, m.item_id, m.processing_version, m.updated) for m in committed}
@@ -389,7 +375,7 @@ def build_index_table(committed: Sequence[ItemManifest]) -> pa.Table:
 
 def _geo_metadata(table: pa.Table) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata: WKB polygons in OGC:CRS84 with a bbox covering column."""
-    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": _crs84_projjson()}
+    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"], "crs": _crs84_projjson()}
     if table.num_rows:
         bbox = table.column("bbox").combine_chunks()
         column["bbox"] = [

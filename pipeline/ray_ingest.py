@@ -17,6 +17,7 @@ message; it never kills the job. Only ``MemoryError`` propagates (Ray then retri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cog import gdal_env, redact_href
+from pipeline.cog import gdal_env, redact_href, redact_text
 from pipeline.errors import InvalidItemError
-from pipeline.items import resolve_item
-from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, chip_key, safe_segment
+from pipeline.items import BandOverride, resolve_item
+from pipeline.ids import safe_id
+from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, chip_key
 from pipeline.records import Chip, FailureRecord, ResolvedItem
 from pipeline.sensors import SensorRegistry, load_sensors
-from pipeline.shards import read_shard, write_shard
+from pipeline.shards import ShardInfo, write_shard
 from pipeline.stats import BandStats
 from pipeline.tiling import cut_item
 
@@ -55,7 +57,8 @@ __all__ = [
 ]
 
 # Bump when chipping, resampling, dB or DN-offset rules change: it changes processing_version and forces re-ingest.
-PROCESSING_CODE_VERSION = "1"
+# "2": raw little-endian pixel columns (shard schema 2) and nodata stored at invalid pixels of every band.
+PROCESSING_CODE_VERSION = "2"
 # Normalisation stats use every STATS_STRIDE-th row and column of each written chip: 1/16 of the pixels, spread evenly
 # over every chip, which keeps the per-band mean/std well within a percent and the stats cheap at ingest.
 STATS_STRIDE = 4
@@ -76,6 +79,7 @@ class IngestSettings:
         sensors_path: a sensor config YAML (``None``: the packaged ``pipeline/sensors.yaml``).
         prefetch_chips: chips read ahead by a reader thread while the shard writer encodes (GDAL reads and Parquet
             encoding both release the GIL, so they overlap); ``0`` reads and writes in turn.
+        overrides: per band name (or ``"*"``) ``nodata``/``scale``/``offset`` overrides for ``resolve_item``.
         gdal_options: extra GDAL config options for reads.
         env: environment variables forwarded from the driver (``AWS_*`` ...). Never logged.
     """
@@ -90,15 +94,22 @@ class IngestSettings:
     s3_endpoint: str | None = None
     sensors_path: str | None = None
     prefetch_chips: int = 32
+    overrides: Mapping[str, BandOverride] = field(default_factory=dict)
     gdal_options: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def processing_version(
-    sensors: SensorRegistry, *, chip_size: int, stride: int | None, max_nodata: float, max_cloud: float | None
+    sensors: SensorRegistry,
+    *,
+    chip_size: int,
+    stride: int | None,
+    max_nodata: float,
+    max_cloud: float | None,
+    overrides: Mapping[str, BandOverride] | None = None,
 ) -> str:
-    """A short hash of everything that changes the chips: code version, sensor config, grid and drop limits."""
-    payload = {
+    """A short hash of everything that changes the chips: code version, sensor config, grid, drop limits, overrides."""
+    payload: dict[str, Any] = {
         "code": PROCESSING_CODE_VERSION,
         "sensors": sensors.config_hash,
         "chip_size": chip_size,
@@ -106,6 +117,8 @@ def processing_version(
         "max_nodata": max_nodata,
         "max_cloud": max_cloud,
     }
+    if overrides:  # absent when empty, so versions without overrides stay as they were
+        payload["overrides"] = {band: dict(fields) for band, fields in overrides.items()}
     digest = hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=6).hexdigest()
     return f"p{PROCESSING_CODE_VERSION}-{digest}"
 
@@ -180,7 +193,7 @@ class _ChipFilter:
             self.state["stage"] = "chip"
             if self._keep(chip):
                 self.state["stage"] = "write"
-                yield chip
+                yield _fill_invalid(chip, self.item)
 
     def _keep(self, chip: Chip) -> bool:
         s = self.settings
@@ -228,6 +241,27 @@ class _ChipFilter:
         yield from self._filtered()
 
 
+def _fill_invalid(chip: Chip, item: ResolvedItem) -> Chip:
+    """``chip`` with each band's nodata value at every pixel that is invalid in any band.
+
+    Without this, integer bands would keep what GDAL read there: at the rim of a nodata area, a bilinear blend of
+    nodata and data, which users who read pixels without the ``valid`` mask would take for data.
+    """
+    invalid = ~chip.valid
+    if not invalid.any():
+        return chip
+    image = chip.image if chip.image.flags.writeable else chip.image.copy()
+    for pos, band in enumerate(item.bands):
+        if band.nodata is None:
+            continue
+        if np.issubdtype(image.dtype, np.integer):
+            info = np.iinfo(image.dtype)
+            if np.isnan(band.nodata) or not info.min <= band.nodata <= info.max:
+                continue  # not representable: the mask alone marks these pixels
+        image[pos][invalid] = band.nodata
+    return chip if image is chip.image else dataclasses.replace(chip, image=image)
+
+
 def ingest_item(
     item_json: str,
     settings: IngestSettings,
@@ -260,7 +294,7 @@ def ingest_item(
         updated = (raw.get("properties") or {}).get("updated")
         check_item_id(raw.get("id"))
         spec = sensors.for_item(raw)
-        item = resolved = resolve_item(raw, sensors)
+        item = resolved = resolve_item(raw, sensors, overrides=settings.overrides or None)
         collection = item.collection
         cut = cut_item(item, chip_size=settings.chip_size, stride=settings.stride, gdal_env=gdal)
         chips = _ChipFilter(item, settings, prefetched(cut, settings.prefetch_chips), state)
@@ -272,7 +306,7 @@ def ingest_item(
                 f"{settings.processing_version}\x00{updated}".encode(), digest_size=4
             ).hexdigest()
             rel = (
-                f"shards/{safe_segment(settings.dataset_version)}/{safe_segment(item.collection)}/"
+                f"shards/{safe_id(settings.dataset_version)}/{safe_id(item.collection)}/"
                 f"utm={first.epsg}/{item.safe_id}-{fingerprint}.parquet"
             )
             info = write_shard(
@@ -295,7 +329,7 @@ def ingest_item(
                 "dtype": np.dtype(first.image.dtype).name,
                 "chip_shape": [int(v) for v in first.image.shape],
             }
-            _locate_rows(chips.rows, rel, store, info.row_group_size)
+            _locate_rows(chips.rows, rel, info)
         state["stage"] = "chip"
         _check_usable(item, chips)
         manifest = ItemManifest(
@@ -422,19 +456,16 @@ def prefetched(chips: Iterator[Chip], depth: int) -> Iterator[Chip]:
         thread.join(timeout=60)
 
 
-def _locate_rows(rows: list[dict[str, Any]], rel: str, store: OutputStore, row_group_size: int) -> None:
-    """Fill shard path, row group, row index and checksum of the written chips from the shard just written.
-
-    Reading back the two small columns (instead of assuming the write order) makes the index describe the file.
-    """
-    table = read_shard(store.path(rel), columns=["chip_id", "checksum"], filesystem=store.filesystem)
+def _locate_rows(rows: list[dict[str, Any]], rel: str, info: ShardInfo) -> None:
+    """Fill shard path, row group, row index and checksum of the written chips from the writer's per-row record."""
     where = {cid: (pos, checksum) for pos, (cid, checksum) in enumerate(
-        zip(table["chip_id"].to_pylist(), table["checksum"].to_pylist(), strict=True))}
+        zip(info.chip_ids, info.chip_checksums, strict=True))}
+    size = info.row_group_size
     for row in rows:
         if row["status"] != "written":
             continue
         pos, checksum = where[row["chip_id"]]
-        row.update(shard_path=rel, row_group=pos // row_group_size, row_index=pos % row_group_size, checksum=checksum)
+        row.update(shard_path=rel, row_group=pos // size, row_index=pos % size, checksum=checksum)
 
 
 def item_collection(raw: Mapping[str, Any], sensors: SensorRegistry) -> str:
@@ -506,7 +537,8 @@ def _failed_asset(err: BaseException, item: ResolvedItem | None) -> str:
 
 
 def _message(err: BaseException) -> str:
-    text = str(err) or repr(err)
+    """A one-line failure message without URL query strings or credentials (it lands in failures.parquet and logs)."""
+    text = redact_text(str(err) or repr(err))
     text = " ".join(text.split())
     return text[:2000]
 

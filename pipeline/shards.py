@@ -1,9 +1,14 @@
-"""Training shards: one Parquet file per item, pixels as an Arrow fixed-shape tensor, self-describing metadata.
+"""Training shards: one Parquet file per item, pixels as raw little-endian bytes, self-describing metadata.
 
 Layout (data-pipeline.md section 3): one row per chip with the per-row georeferencing a training step needs
 (``chip_id``, ``grid_cell``, ``datetime``, ``crs_epsg``, ``transform``, ``window``, quality, a pixel ``checksum``),
-the pixels as ``image``, an ``arrow.fixed_shape_tensor`` of shape ``(C, H, W)`` in the native dtype, and ``valid``, a
-``(H, W)`` uint8 tensor (1 where every band has data). One shard holds one item, hence one sensor and one shape.
+the pixels as ``image``, a ``binary`` value holding the chip's C-contiguous ``(C, H, W)`` array in the native dtype,
+little-endian, with its ``dtype`` (dictionary-encoded string) and ``shape`` (3 x int32) in per-row columns, and
+``valid``, the ``(H, W)`` mask packed 8 pixels a byte (``np.packbits(..., bitorder="little")``, 1 where every band
+has data). Raw bytes instead of an Arrow ``fixed_shape_tensor``: Parquet stores a list column with repetition and
+definition levels for every element, which made encoding and decoding several times slower than the reads
+(benchmarks/RESULTS.md). Decoding is one zero-copy ``np.frombuffer`` over the column's data buffer.
+One shard holds one item, hence one sensor and one shape.
 Everything constant per file (band order, band physics, lineage) is JSON under the key-value metadata key
 ``rs:dataset``. Row groups hold 1-256 chips and at most 256 MiB of pixels; compression is zstd.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -36,6 +43,7 @@ __all__ = [
     "MAX_ROW_GROUP_BYTES",
     "MAX_ROW_GROUP_CHIPS",
     "METADATA_KEY",
+    "PIXEL_ENCODING",
     "SHARD_SCHEMA_VERSION",
     "ShardInfo",
     "chip_checksum",
@@ -50,10 +58,25 @@ __all__ = [
 ]
 
 METADATA_KEY = "rs:dataset"
-SHARD_SCHEMA_VERSION = "1"
+SHARD_SCHEMA_VERSION = "2"
 MAX_ROW_GROUP_CHIPS = 256
 MAX_ROW_GROUP_BYTES = 256 * 1024 * 1024
 _SCALAR_COLUMNS = ("chip_id", "item_id", "collection", "grid_cell", "datetime", "crs_epsg", "nodata_pct", "cloud_pct")
+# How the pixel columns are stored (shard footer and dataset.json ``pixel_encoding``).
+PIXEL_ENCODING: Mapping[str, str] = {
+    "column": "image",
+    "type": "raw",
+    "storage": "parquet binary, one C-contiguous (C, H, W) array per row",
+    "dtype_column": "dtype",
+    "shape_column": "shape",
+    "layout": "CHW",
+    "byte_order": "little",
+    "valid_column": "valid",
+    "valid_encoding": "np.packbits(valid.reshape(-1), bitorder='little') of the (H, W) mask, 1 = every band has data",
+    "checksum": "blake2b-128 hex of the C-contiguous image bytes",
+}
+# zstd level for every column; level 1 measured fastest at near-equal size on S2 uint16 chips (benchmarks/RESULTS.md).
+ZSTD_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,7 @@ class ShardInfo:
         n_rows, n_bytes: chips written and file size.
         checksum: blake2b-128 hex digest of the file's bytes.
         row_group_size: chips per row group (row ``k`` lives in row group ``k // row_group_size``).
+        chip_ids, chip_checksums: per row, in file order: the chip id and its :func:`chip_checksum`.
     """
 
     path: str
@@ -72,6 +96,8 @@ class ShardInfo:
     n_bytes: int
     checksum: str
     row_group_size: int
+    chip_ids: tuple[str, ...] = ()
+    chip_checksums: tuple[str, ...] = ()
 
 
 def chip_checksum(image: np.ndarray) -> str:
@@ -92,7 +118,7 @@ def shard_schema(dtype: np.dtype, shape: tuple[int, int, int], metadata: Mapping
         shape: ``(C, H, W)`` of every chip.
         metadata: the ``rs:dataset`` JSON object to attach, if any.
     """
-    _, height, width = shape
+    pixels = {b"dtype": np.dtype(dtype).name.encode(), b"shape": json.dumps([int(v) for v in shape]).encode()}
     fields = [
         pa.field("chip_id", pa.string(), nullable=False),
         pa.field("item_id", pa.string(), nullable=False),
@@ -105,8 +131,10 @@ def shard_schema(dtype: np.dtype, shape: tuple[int, int, int], metadata: Mapping
         pa.field("nodata_pct", pa.float32(), nullable=False),
         pa.field("cloud_pct", pa.float32(), nullable=True),
         pa.field("checksum", pa.string(), nullable=False),
-        pa.field("image", pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(dtype)), list(shape)), nullable=False),
-        pa.field("valid", pa.fixed_shape_tensor(pa.uint8(), [height, width]), nullable=False),
+        pa.field("image", pa.binary(), nullable=False, metadata=pixels),  # also in the dtype/shape columns
+        pa.field("dtype", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+        pa.field("shape", pa.list_(pa.int32(), 3), nullable=False),
+        pa.field("valid", pa.binary(), nullable=False),
     ]
     schema = pa.schema(fields)
     if metadata is not None:
@@ -157,15 +185,9 @@ def dataset_metadata(
         "band_order": [b.name for b in item.bands],
         "bands": _band_metadata(item),
         "pixel_encoding": {
-            "column": "image",
-            "type": "arrow.fixed_shape_tensor",
+            **PIXEL_ENCODING,
             "dtype": np.dtype(first.image.dtype).name,
             "shape": [int(channels), int(height), int(width)],
-            "layout": "CHW",
-            "byte_order": "little",
-            "valid_column": "valid",
-            "valid_encoding": "uint8 (H, W) tensor, 1 = every band has data",
-            "checksum": "blake2b-128 hex of the C-contiguous image bytes",
         },
         "quality": None if item.quality is None else {
             "kind": item.quality.kind,
@@ -189,14 +211,41 @@ def dataset_metadata(
     }
 
 
-def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -> pa.Table:
+def _raw_binary(rows: np.ndarray) -> pa.Array:
+    """A ``binary`` array with one value per leading-axis row of ``rows``, sharing its memory (no copy)."""
+    n = rows.shape[0]
+    per_row = rows.nbytes // max(1, n)
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(per_row)  # int32: a row group stays under 256 MiB
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(rows.reshape(-1))])
+
+
+_SCRATCH = threading.local()
+
+
+def _row_group_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array for one row group's pixels, reusing this thread's buffer from the last row group.
+
+    A row group is up to 256 MiB: a fresh allocation that size is a fresh ``mmap`` whose page faults cost as much
+    as Parquet's zstd pass (measured 0.22-0.24 s for 64 S2 chips). The buffer is safe to reuse once
+    ``ParquetWriter.write_table`` returns, which copies the values into encoded pages.
+    """
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buffer: np.ndarray | None = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        _SCRATCH.buffer = buffer
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -> tuple[pa.Table, list[str]]:
     n = len(chips)
-    image_type = schema.field("image").type
-    valid_type = schema.field("valid").type
-    images = np.stack([np.ascontiguousarray(c.image) for c in chips])  # N x (C, H, W) -> (N, C, H, W)
-    valid = np.stack([c.valid for c in chips]).astype(np.uint8)  # N x (H, W) -> (N, H, W)
-    image_storage = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), int(np.prod(images.shape[1:])))
-    valid_storage = pa.FixedSizeListArray.from_arrays(pa.array(valid.reshape(-1)), int(np.prod(valid.shape[1:])))
+    first = chips[0].image
+    little = np.dtype(first.dtype).newbyteorder("<")
+    images = _row_group_buffer((n, *first.shape), little)  # (N, C, H, W)
+    np.stack([c.image for c in chips], out=images)  # N x (C, H, W) -> (N, C, H, W), little-endian
+    flat_valid = np.stack([c.valid for c in chips]).reshape(n, -1)  # N x (H, W) -> (N, H*W)
+    valid = np.packbits(flat_valid, axis=1, bitorder="little")  # (N, H*W) -> (N, ceil(H*W / 8))
+    checksums = [chip_checksum(image) for image in images]
     when = item.datetime.astimezone(UTC).replace(tzinfo=None)
     columns = {
         "chip_id": pa.array([c.chip_id for c in chips], pa.string()),
@@ -213,11 +262,15 @@ def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -
         ),
         "nodata_pct": pa.array([c.nodata_pct for c in chips], pa.float32()),
         "cloud_pct": pa.array([c.cloud_pct for c in chips], pa.float32()),
-        "checksum": pa.array([chip_checksum(c.image) for c in chips], pa.string()),
-        "image": pa.ExtensionArray.from_storage(image_type, image_storage),
-        "valid": pa.ExtensionArray.from_storage(valid_type, valid_storage),
+        "checksum": pa.array(checksums, pa.string()),
+        "image": _raw_binary(images),
+        "dtype": pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, dtype=np.int8)), pa.array([np.dtype(first.dtype).name], pa.string())
+        ),
+        "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(np.asarray(first.shape, np.int32), n)), 3),
+        "valid": _raw_binary(valid),
     }
-    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+    return pa.Table.from_arrays(list(columns.values()), schema=schema), checksums
 
 
 class _HashingSink:
@@ -329,7 +382,8 @@ def write_shard(
     write_path = path if direct else f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
     if not direct and parent:
         fs.create_dir(parent, recursive=True)
-    n_rows = 0
+    chip_ids: list[str] = []
+    chip_checksums: list[str] = []
     try:
         with fs.open_output_stream(write_path) as raw:
             sink = _HashingSink(raw)
@@ -337,9 +391,18 @@ def write_shard(
                 sink,
                 schema,
                 compression="zstd",
-                use_dictionary=["chip_id", "item_id", "collection", "grid_cell"],
+                compression_level=ZSTD_LEVEL,
+                use_dictionary=["chip_id", "item_id", "collection", "grid_cell", "dtype"],
                 write_statistics=list(_SCALAR_COLUMNS),
+                write_page_index=False,
             )
+
+            def flush(batch: list[Chip]) -> None:
+                table, checksums = _chips_table(batch, item, schema)
+                writer.write_table(table, row_group_size=rows_per_group)
+                chip_ids.extend(c.chip_id for c in batch)
+                chip_checksums.extend(checksums)
+
             try:
                 batch: list[Chip] = []
                 for chip in chain([first], iterator):
@@ -350,12 +413,10 @@ def write_shard(
                         )
                     batch.append(chip)
                     if len(batch) == rows_per_group:
-                        writer.write_table(_chips_table(batch, item, schema), row_group_size=rows_per_group)
-                        n_rows += len(batch)
+                        flush(batch)
                         batch = []
                 if batch:
-                    writer.write_table(_chips_table(batch, item, schema), row_group_size=rows_per_group)
-                    n_rows += len(batch)
+                    flush(batch)
             finally:
                 writer.close()
         if not direct:
@@ -368,14 +429,20 @@ def write_shard(
                 pass
         raise
     return ShardInfo(
-        path=path, n_rows=n_rows, n_bytes=sink.n_bytes, checksum=sink.hexdigest(), row_group_size=rows_per_group
+        path=path,
+        n_rows=len(chip_ids),
+        n_bytes=sink.n_bytes,
+        checksum=sink.hexdigest(),
+        row_group_size=rows_per_group,
+        chip_ids=tuple(chip_ids),
+        chip_checksums=tuple(chip_checksums),
     )
 
 
 def read_shard(
     uri: str, columns: Sequence[str] | None = None, filesystem: pafs.FileSystem | None = None
 ) -> pa.Table:
-    """Read a shard (or some of its columns) as an Arrow table; ``image``/``valid`` stay fixed-shape tensors."""
+    """Read a shard (or some of its columns) as an Arrow table; decode pixels with :func:`decode_images`."""
     fs, path = _resolve(uri, filesystem)
     return pq.read_table(path, columns=None if columns is None else list(columns), filesystem=fs)
 
@@ -391,22 +458,82 @@ def shard_metadata(uri: str, filesystem: pafs.FileSystem | None = None) -> dict[
     return result
 
 
-def _tensor_column(table: pa.Table, name: str) -> np.ndarray:
+def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
     if name not in table.column_names:
-        raise KeyError(f"Table has no {name!r} column; read the shard with columns including {name!r}.")
-    column = table.column(name)
-    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-    if not isinstance(array.type, pa.FixedShapeTensorType):
-        raise TypeError(f"Column {name!r} is {array.type}, expected an arrow.fixed_shape_tensor column.")
-    result: np.ndarray = array.to_numpy_ndarray()
-    return result
+        raise KeyError(
+            f"Table has no {name!r} column (it has {table.column_names}); read the shard with columns including "
+            f"{name!r} (pixels need 'image', 'dtype' and 'shape'; the mask needs 'valid' and 'shape')."
+        )
+    return table.column(name)
+
+
+def _uniform(table: pa.Table, name: str) -> Any:
+    """The single value every row of column ``name`` holds (dtype name or shape list)."""
+    array = _column(table, name).combine_chunks()
+    if pa.types.is_fixed_size_list(array.type):  # shape: (N * 3,) -> (N, 3) rows, unique rows
+        flat = array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), array.type.list_size)
+        values = np.unique(flat, axis=0).tolist()
+    else:
+        values = pc.unique(array).to_pylist()
+    if len(values) != 1:
+        raise ValueError(
+            f"Column {name!r} holds {len(values)} distinct values {values[:4]}; decode_images stacks chips of one "
+            "dtype and shape only: read one shard (one item, one sensor) at a time."
+        )
+    return values[0]
+
+
+def _raw_rows(column: pa.ChunkedArray, row_nbytes: int, name: str) -> np.ndarray:
+    """The rows of a binary column as a ``(N, row_nbytes)`` uint8 array: a view for one chunk of equal-length rows."""
+    parts = []
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.null_count:
+            raise ValueError(f"Column {name!r} has {chunk.null_count} null values; shards never hold null pixels.")
+        offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=offset_type)[chunk.offset : chunk.offset + len(chunk) + 1]
+        if not np.all(np.diff(offsets) == row_nbytes):
+            raise ValueError(
+                f"Column {name!r} has rows of {sorted(set(np.diff(offsets).tolist()))[:4]} bytes, expected "
+                f"{row_nbytes} from its dtype and shape; the shard is corrupt or was not written by write_shard."
+            )
+        data = chunk.buffers()[2]
+        parts.append(np.frombuffer(data, dtype=np.uint8, count=len(chunk) * row_nbytes, offset=int(offsets[0])))
+    if not parts:
+        return np.empty((0, row_nbytes), dtype=np.uint8)
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return flat.reshape(-1, row_nbytes)  # (N * row_nbytes,) -> (N, row_nbytes)
 
 
 def decode_images(table: pa.Table) -> np.ndarray:
-    """The ``image`` column as ``(N, C, H, W)``: zero-copy for a single-chunk column, one copy otherwise."""
-    return _tensor_column(table, "image")
+    """The ``image`` column as ``(N, C, H, W)`` in the native dtype: zero-copy for a single-chunk column.
+
+    Needs the ``image``, ``dtype`` and ``shape`` columns (shards of schema version 1, with an Arrow
+    ``fixed_shape_tensor`` ``image``, decode too).
+    """
+    column = _column(table, "image")
+    if isinstance(column.type, pa.FixedShapeTensorType):  # schema version 1
+        legacy: np.ndarray = column.combine_chunks().to_numpy_ndarray()
+        return legacy
+    if table.num_rows == 0:
+        return np.empty((0, 0, 0, 0), dtype=np.uint8)
+    dtype = np.dtype(_uniform(table, "dtype")).newbyteorder("<")
+    shape = tuple(int(v) for v in _uniform(table, "shape"))
+    rows = _raw_rows(column, int(np.prod(shape)) * dtype.itemsize, "image")
+    images: np.ndarray = rows.view(dtype).reshape((-1, *shape))  # (N, bytes) -> (N, C, H, W)
+    return images
 
 
 def decode_valid(table: pa.Table) -> np.ndarray:
-    """The ``valid`` column as a ``(N, H, W)`` bool array (a zero-copy view where possible)."""
-    return _tensor_column(table, "valid").view(np.bool_)
+    """The ``valid`` column as a ``(N, H, W)`` bool array (needs the ``valid`` and ``shape`` columns)."""
+    column = _column(table, "valid")
+    if isinstance(column.type, pa.FixedShapeTensorType):  # schema version 1
+        legacy: np.ndarray = column.combine_chunks().to_numpy_ndarray().view(np.bool_)
+        return legacy
+    if table.num_rows == 0:
+        return np.empty((0, 0, 0), dtype=np.bool_)
+    _, height, width = (int(v) for v in _uniform(table, "shape"))
+    packed = _raw_rows(column, (height * width + 7) // 8, "valid")  # (N, ceil(H*W / 8))
+    bits = np.unpackbits(packed, axis=1, count=height * width, bitorder="little")  # -> (N, H*W)
+    return bits.view(np.bool_).reshape(-1, height, width)  # (N, H*W) -> (N, H, W)

@@ -94,6 +94,10 @@ def check_pixels(
             values, valid = expected
             valid &= chip["valid"]  # ingest also masks pixels whose resampling kernel touches nodata
             np.testing.assert_array_equal(chip["image"][position][valid], values[valid], err_msg=band.name)
+            if band.nodata is not None:  # every pixel invalid in any band holds the band's nodata, never a blend
+                invalid = chip["image"][position][~chip["valid"]]
+                fill = np.asarray(band.nodata).astype(invalid.dtype)
+                assert (np.isnan(invalid).all() if np.isnan(fill) else (invalid == fill).all()), band.name
             checked += 1
     return checked
 
@@ -161,7 +165,7 @@ def test_incremental_updated_and_since(ray_local: Any, tmp_path: Path) -> None:
     assert not old & set(meta["shards"])
 
     # Other chip settings would mix chip shapes in one dataset version: refused before any work.
-    with pytest.raises(ConfigError, match="new --dataset-version"):
+    with pytest.raises(ConfigError, match=r"new --dataset-version \(e\.g\. --dataset-version v1-p2-[0-9a-f]+\)"):
         run(_catalog(tmp_path, items, "all.json"), chip_size=32)
 
     # --since keeps only items acquired or updated at/after the watermark.

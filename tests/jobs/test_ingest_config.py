@@ -74,3 +74,29 @@ def test_ingest_configs_parse(repo_root: Path) -> None:
     for path in sorted((repo_root / "jobs" / "configs").glob("ingest*.yaml")):
         cfg = parse_config(IngestConfig, ["--config", str(path)])
         assert cfg.output, path
+
+
+def test_allow_local_hrefs_flag_reaches_the_catalog_reader(repo_root: Path) -> None:
+    from jobs.ingest import search
+
+    catalog = str(repo_root / "tests" / "data" / "synthetic" / "items-fc.json")
+    base = ["--catalog", catalog, "--output", "out"]
+    assert parse_config(IngestConfig, base).allow_local_hrefs is None  # safe default: decided by the source
+    assert parse_config(IngestConfig, [*base, "--allow-local-hrefs"]).allow_local_hrefs is True
+    refused = parse_config(IngestConfig, [*base, "--no-allow-local-hrefs"])
+    items, result = search(refused, None)
+    assert items == [] and len(result.failures) == 4 and "local" in result.failures[0].message.lower()
+    assert len(search(parse_config(IngestConfig, base), None)[0]) == 4  # a local catalog may use local hrefs
+
+
+def test_nodata_override_flag() -> None:
+    from jobs.ingest import nodata_overrides
+
+    cfg = parse_config(IngestConfig, ["--catalog", "c", "--output", "o", "--nodata-override", "B01=0", "*=nan", "vv=none"])
+    parsed = nodata_overrides(cfg.nodata_override)
+    assert parsed["B01"] == {"nodata": 0.0} and parsed["vv"] == {"nodata": None}
+    assert parsed["*"]["nodata"] != parsed["*"]["nodata"]  # NaN
+    with pytest.raises(ConfigError, match=r"--nodata-override 'B01' is not BAND=VALUE"):
+        nodata_overrides(["B01"])
+    with pytest.raises(ConfigError, match="is not BAND=VALUE"):
+        nodata_overrides(["B01=zero"])

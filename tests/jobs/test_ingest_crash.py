@@ -80,6 +80,8 @@ def test_sigkill_mid_run_then_rerun_gives_clean_result(ray_local: Any, tmp_path:
     finally:
         process.kill()
         process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
     committed_at_kill = len(list(manifests.rglob("*.json")))
     assert 1 <= committed_at_kill < N_ITEMS, "the kill must land mid-run for this test to mean anything"
     assert not (crashed / "index.parquet").exists()

@@ -72,12 +72,13 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     gcs_port, dashboard_port, client_port, agent_port = (free_port() for _ in range(4))
     # Ray's socket paths must stay short: a temp dir under /tmp, not pytest's deep tmp_path.
     temp_dir = Path("/tmp") / f"rsvheat-ray-{secrets.token_hex(4)}"
+    log = (root / "ray-start.log").open("wb")
     process = subprocess.Popen(
         [str(BIN_DIR / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={gcs_port}",
          f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
          f"--dashboard-agent-listen-port={agent_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
          "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         wait_for_http(f"http://127.0.0.1:{dashboard_port}/api/version", process, timeout=90)
@@ -90,6 +91,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
                 break
             time.sleep(3)
         process.wait(timeout=30)
+        log.close()
 
 
 def test_dashboard_binds_loopback_only(ray_head: RayHead) -> None:

@@ -86,6 +86,17 @@ def test_item_key_is_safe_and_collision_free() -> None:
     assert 0 <= chip_key("a") < 2**63 and chip_key("a") != chip_key("b")
 
 
+def test_collection_paths_do_not_collide() -> None:
+    paths = {
+        ItemManifest(item_id="i", collection=c, processing_version="p", dataset_version="v/1", updated=None,
+                     datetime=None, status="committed").rel_path
+        for c in ("a/b", "a_b", "../a_b")
+    }
+    assert len(paths) == 3
+    for path in paths:
+        assert ".." not in path and path.count("/") == 3
+
+
 def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
     store = OutputStore.open(str(tmp_path / "out"))
     store.write_bytes("a/b.json", b"1")
@@ -133,6 +144,7 @@ def test_outputs_are_deterministic_geoparquet(tmp_path: Path) -> None:
     assert index["chip_id"].to_pylist() == ["c:i1:0", "c:i1:1", "c:i1:2", "c:i2:0", "c:i2:1", "c:i2:2"]
     geo = json.loads(index.schema.metadata[b"geo"])
     assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert set(geo["columns"]["geometry"]["geometry_types"]) == {"Polygon", "MultiPolygon"}  # antimeridian chips
     assert geo["columns"]["geometry"]["crs"]["id"] == {"authority": "OGC", "code": "CRS84"}
     frame = geopandas.read_parquet(tmp_path / "index.parquet")
     assert frame.crs.to_string() == "OGC:CRS84"
@@ -147,6 +159,7 @@ def test_outputs_are_deterministic_geoparquet(tmp_path: Path) -> None:
     assert first["counts"]["chips_written"] == 4 and first["counts"]["chips_dropped_nodata"] == 2
     assert first["watermark"]["c"]["datetime"] == "2024-05-01T00:00:00Z"
     assert first["collections"]["c"]["bands"] == ["a", "b"]
+    assert first["pixel_encoding"]["type"] == "raw" and first["pixel_encoding"]["dtype_column"] == "dtype"
 
 
 def test_empty_outputs_have_schema(tmp_path: Path) -> None:

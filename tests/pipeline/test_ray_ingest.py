@@ -21,7 +21,7 @@ from pipeline.ray_ingest import (
     processing_version,
 )
 from pipeline.sensors import load_sensors
-from pipeline.shards import decode_images, shard_metadata
+from pipeline.shards import decode_images, decode_valid, shard_metadata
 from pipeline.stac import read_catalog
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "data" / "synthetic"
@@ -72,7 +72,7 @@ def test_ingest_item_commits_shard_and_manifest(tmp_path: Path, s1_item: dict[st
     assert meta["processing_version"] == settings.processing_version and meta["band_order"] == ["vv", "vh"]
 
     images = decode_images(table)[:, :, ::STATS_STRIDE, ::STATS_STRIDE]  # (N, 2, 64, 64) -> (N, 2, 16, 16)
-    valid = np.asarray(table["valid"].combine_chunks().to_numpy_ndarray(), bool)[:, ::STATS_STRIDE, ::STATS_STRIDE]
+    valid = decode_valid(table)[:, ::STATS_STRIDE, ::STATS_STRIDE]  # (N, 64, 64) -> (N, 16, 16)
     assert manifest.stats["count"] == [int(valid.sum())] * 2
     assert manifest.stats["mean"][0] == pytest.approx(float(images[:, 0][valid].mean()), rel=1e-6)
     assert manifest.lineage["assets"]["vv"].endswith("vv.tif")
@@ -88,6 +88,42 @@ def test_ingest_item_failure_becomes_row(tmp_path: Path) -> None:
     failed = load_manifests(store, "v1")["failed"]
     assert [(m.item_id, m.attempt, m.failure["error_class"]) for m in failed] == [(item["id"], 2, "AssetNotFoundError")]
     assert not list(tmp_path.glob("shards/**/*.parquet"))
+
+
+def test_overrides_reach_resolve_item_and_invalid_pixels_hold_nodata(tmp_path: Path) -> None:
+    item = _items(SYNTHETIC / "items-fc.json")
+    s2 = next(i for i in item.values() if i["collection"] == "sentinel-2-l2a")
+    overrides = {"B05": {"nodata": 7.0}}
+    settings = _settings(tmp_path, overrides=overrides, max_nodata=100.0)  # keep the chips with nodata
+    assert settings.processing_version != _settings(tmp_path, max_nodata=100.0).processing_version
+    result = ingest_item(json.dumps(s2), settings, sensors=load_sensors(), store=OutputStore.open(str(tmp_path)))
+    assert result.status == "committed", result.message
+    shard = tmp_path / ItemManifest.from_json(result.manifest).shard["path"]
+    meta = shard_metadata(str(shard))
+    nodata = [b["nodata"] for b in meta["bands"]]
+    assert nodata[meta["band_order"].index("B05")] == 7.0
+    table = pq.read_table(shard)
+    images, valid = decode_images(table), decode_valid(table)  # (N, C, H, W), (N, H, W)
+    assert (~valid).any()
+    for band, fill in enumerate(nodata):  # no bilinear blend of nodata and data is stored at invalid pixels
+        if fill is not None:
+            assert (images[:, band][~valid] == fill).all(), meta["band_order"][band]
+
+
+def test_failure_messages_are_redacted(tmp_path: Path, s1_item: dict[str, Any]) -> None:
+    from pipeline.ray_ingest import _message
+
+    raw = OSError("GET https://user:hunter2@host/a.tif?sig=SECRET&se=2030 failed:\n 403")
+    assert _message(raw) == "GET https://host/a.tif failed: 403"
+    item = json.loads(json.dumps(s1_item))
+    for asset in item["assets"].values():  # unreachable signed hrefs with credentials in the user info
+        asset["href"] = "http://user:hunter2@127.0.0.1:9/vv.tif?sig=SECRET&se=2030"
+    result = ingest_item(json.dumps(item), _settings(tmp_path), sensors=load_sensors(),
+                         store=OutputStore.open(str(tmp_path)))
+    assert result.status == "failed"
+    stored = json.dumps(load_manifests(OutputStore.open(str(tmp_path)), "v1")["failed"][0].failure)
+    for text in (result.message, stored):
+        assert "SECRET" not in text and "hunter2" not in text and "sig=" not in text
 
 
 def test_invalid_json_and_unsafe_ids(tmp_path: Path) -> None:

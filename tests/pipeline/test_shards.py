@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -50,6 +51,8 @@ def test_round_trip(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None
     assert images.shape == (16, 6, 32, 32) and images.dtype == np.uint16
     np.testing.assert_array_equal(images, np.stack([c.image for c in chips]))
     np.testing.assert_array_equal(decode_valid(table), np.stack([c.valid for c in chips]))
+    assert info.chip_ids == tuple(c.chip_id for c in chips)
+    assert info.chip_checksums == tuple(chip_checksum(c.image) for c in chips)
     rows = table.drop_columns(["image", "valid"]).to_pylist()
     assert [r["chip_id"] for r in rows] == [c.chip_id for c in chips]
     assert rows[3]["transform"] == list(chips[3].transform) and rows[3]["window"] == list(chips[3].window)
@@ -57,8 +60,10 @@ def test_round_trip(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None
     assert rows[0]["checksum"] == chip_checksum(chips[0].image)
     assert rows[0]["cloud_pct"] == pytest.approx(chips[0].cloud_pct, abs=1e-4)
     schema = table.schema
-    assert isinstance(schema.field("image").type, pa.FixedShapeTensorType)
-    assert schema.field("image").type.shape == [6, 32, 32]
+    assert schema.field("image").type == pa.binary() and schema.field("valid").type == pa.binary()
+    assert rows[0]["dtype"] == "uint16" and rows[0]["shape"] == [6, 32, 32]
+    assert pc.binary_length(table.column("image")).to_pylist() == [6 * 32 * 32 * 2] * 16
+    assert pc.binary_length(table.column("valid")).to_pylist() == [32 * 32 // 8] * 16  # packed bits
     assert schema.field("datetime").type == pa.timestamp("us", tz="UTC")
     assert schema.field("crs_epsg").type == pa.int32()
     assert schema.field("transform").type == pa.list_(pa.float64(), 6)
@@ -79,6 +84,7 @@ def test_metadata(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
     assert b05["gsd_m"] == 20.0 and b05["center_wavelength_um"] == 0.704 and b05["resampling"] == "bilinear"
     assert b05["nodata"] == 0 and b05["scale"] == 0.0001 and b05["common_name"] == "rededge"
     assert meta["pixel_encoding"]["dtype"] == "uint16" and meta["pixel_encoding"]["shape"] == [6, 32, 32]
+    assert meta["pixel_encoding"]["type"] == "raw" and meta["pixel_encoding"]["byte_order"] == "little"
     assert meta["sensor_metadata"] == {"name": "sentinel-2-l2a"}
     assert meta["lineage"]["item_id"] == item.item_id
     assert meta["lineage"]["assets"]["B02"].endswith("B02.tif")
@@ -107,8 +113,8 @@ def test_sar_shard_has_float32_and_null_cloud(tmp_path: Path) -> None:
     item = resolved_item(S1_RTC)
     chips = list(cut_item(item, chip_size=32))
     info = write_shard(str(tmp_path / "s1.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
-    table = read_shard(info.path, columns=["chip_id", "cloud_pct", "image"])
-    assert table.column_names == ["chip_id", "cloud_pct", "image"]
+    table = read_shard(info.path, columns=["chip_id", "cloud_pct", "image", "dtype", "shape"])
+    assert table.column_names == ["chip_id", "cloud_pct", "image", "dtype", "shape"]
     assert table.column("cloud_pct").null_count == len(chips)
     images = decode_images(table)
     assert images.dtype == np.float32
@@ -136,8 +142,21 @@ def test_multi_row_group_decode_copies_once(tmp_path: Path, s2: tuple[ResolvedIt
     np.testing.assert_array_equal(decode_images(table), np.stack([c.image for c in chips]))
     single = table.combine_chunks()
     images = decode_images(single)
-    buffer = single.column("image").chunk(0).storage.values.buffers()[1]
+    buffer = single.column("image").chunk(0).buffers()[2]
     assert images.ctypes.data == buffer.address  # zero-copy view of the Arrow buffer
+    assert not images.flags.owndata
+
+
+def test_decode_needs_dtype_and_shape_and_odd_masks(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    odd = [dataclasses.replace(c, image=c.image[:, :5, :3], valid=c.valid[:5, :3]) for c in chips[:3]]  # 15 bits
+    odd[1].valid[2, 1] = False
+    info = write_shard(str(tmp_path / "o.parquet"), odd, item, **VERSIONS)  # type: ignore[arg-type]
+    table = read_shard(info.path)
+    np.testing.assert_array_equal(decode_valid(table), np.stack([c.valid for c in odd]))
+    np.testing.assert_array_equal(decode_images(table), np.stack([c.image for c in odd]))
+    with pytest.raises(KeyError, match="'shape'"):
+        decode_images(table.drop_columns(["shape"]))
 
 
 def test_atomic_write_leaves_no_temp_file(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
