@@ -306,6 +306,7 @@ class AssetReader:
         *,
         resampling: ResamplingName = "bilinear",
         fill_value: float | None = None,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Read bands over a target grid window, resampled onto it, nodata-filled outside the asset.
 
@@ -316,6 +317,8 @@ class AssetReader:
             target: the grid to read onto (its CRS, transform and shape).
             resampling: method when the asset's pixels differ from the target's.
             fill_value: value for target pixels outside the asset (the band's nodata); 0 when ``None``.
+            out: a C-contiguous ``(len(indexes), H, W)`` array of the bands' dtype to read into (returned as
+                ``data``), e.g. a slice of a caller's strip buffer; a new array when ``None``.
 
         Returns:
             ``(data, covered)``: data ``(len(indexes), H, W)`` in the asset's dtype, and a ``(H, W)`` bool mask of
@@ -324,19 +327,34 @@ class AssetReader:
             non-finite): such pixels would blend nodata into the value.
         """
         method = resampling_method(resampling)
-        out_dtype = np.result_type(*(self.dtype(i) for i in indexes))
-        data = np.full((len(indexes), target.height, target.width), 0 if fill_value is None else fill_value, out_dtype)
+        dtypes = [self.dtype(i) for i in indexes]
+        out_dtype = np.result_type(*dtypes)
+        shape = (len(indexes), target.height, target.width)
+        if out is None:
+            data = np.empty(shape, out_dtype)
+        elif out.shape != shape or out.dtype != out_dtype or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(
+                f"out must be a writeable C-contiguous {shape} {out_dtype} array for bands {list(indexes)} of "
+                f"{redact_href(self.href)!r}, got {out.shape} {out.dtype}; pass out=None to allocate one."
+            )
+        else:
+            data = out
         covered = np.zeros((target.height, target.width), dtype=bool)
+        fill = 0 if fill_value is None else fill_value
         try:
             with self._env():
                 src = self._source_for(target, method, fill_value)
                 box = _covered_box(src.transform, src.width, src.height, target)
                 if box is None:
+                    data.fill(fill)
                     return data, covered
                 c0, r0, c1, r1 = box
+                _fill_outside(data, box, fill)
                 window = _source_window(src.transform, src.width, src.height, target.transform, box)
                 if method == RioResampling.nearest:
                     data[:, r0:r1, c0:c1] = _read_nearest(src, indexes, window, target.transform, box)
+                elif all(d == out_dtype for d in dtypes):  # GDAL writes into the (strided) box view: no copy
+                    src.read(list(indexes), window=window, out=data[:, r0:r1, c0:c1], resampling=method)
                 else:
                     data[:, r0:r1, c0:c1] = src.read(
                         list(indexes), window=window, out_shape=(len(indexes), r1 - r0, c1 - c0), resampling=method
@@ -362,6 +380,15 @@ class AssetReader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _fill_outside(data: np.ndarray, box: tuple[int, int, int, int], fill: float) -> None:
+    """Set ``data`` ``(B, H, W)`` to ``fill`` outside the pixel box ``(c0, r0, c1, r1)``."""
+    c0, r0, c1, r1 = box
+    data[:, :r0] = fill
+    data[:, r1:] = fill
+    data[:, r0:r1, :c0] = fill
+    data[:, r0:r1, c1:] = fill
 
 
 def _covered_box(

@@ -58,7 +58,8 @@ __all__ = [
 
 # Bump when chipping, resampling, dB or DN-offset rules change: it changes processing_version and forces re-ingest.
 # "2": raw little-endian pixel columns (shard schema 2) and nodata stored at invalid pixels of every band.
-PROCESSING_CODE_VERSION = "2"
+# "3": CRC-32 chip checksums instead of blake2b-128 (same pixels; one dataset version never mixes the two).
+PROCESSING_CODE_VERSION = "3"
 # Normalisation stats use every STATS_STRIDE-th row and column of each written chip: 1/16 of the pixels, spread evenly
 # over every chip, which keeps the per-band mean/std well within a percent and the stats cheap at ingest.
 STATS_STRIDE = 4
@@ -225,7 +226,7 @@ class _ChipFilter:
         }
         self.counts[status] += 1
         if status == "written":
-            image = np.ascontiguousarray(chip.image)
+            image = chip.image  # a view of the strip (cut_item); stats read a strided subsample of it
             if np.issubdtype(image.dtype, np.floating):
                 self.nonfinite += int(np.count_nonzero(~np.isfinite(image[:, chip.valid])))
             if self.stats is None:

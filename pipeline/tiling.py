@@ -157,10 +157,19 @@ def _read_strip(
     image = np.empty((len(item.bands), strip.height, strip.width), dtype=dtype)
     valid = np.ones((strip.height, strip.width), dtype=bool)
     for group in groups:
-        data, covered = group.reader.read(group.indexes, strip, resampling=group.resampling, fill_value=group.fill)
+        first, last = group.positions[0], group.positions[-1]
+        direct = group.positions == tuple(range(first, last + 1)) and all(
+            group.reader.dtype(i) == dtype for i in group.indexes
+        )
+        data, covered = group.reader.read(
+            group.indexes, strip, resampling=group.resampling, fill_value=group.fill,
+            out=image[first : last + 1] if direct else None,  # GDAL reads straight into the strip: no copy
+        )
         for k, pos in enumerate(group.positions):
-            pixels, band_valid = convert_band(item.bands[pos], data[k], covered)
-            image[pos] = pixels
+            raw = data[k]
+            pixels, band_valid = convert_band(item.bands[pos], raw, covered)
+            if not (direct and pixels is raw):  # converted, or read elsewhere: copy into the strip
+                image[pos] = pixels
             valid &= band_valid
     return image, valid
 
@@ -182,6 +191,8 @@ def cut_item(
 
     Yields:
         :class:`~pipeline.records.Chip` records; all-nodata chips are included with ``nodata_pct == 100``.
+        Each chip's ``image`` is a (non-contiguous) view of its strip, which every chip of the strip shares; the
+        writer stacks chips into its row-group buffer, so copying each chip here would only copy the pixels twice.
 
     Raises:
         RasterReadError: an asset cannot be opened or read.
@@ -228,7 +239,7 @@ def cut_item(
                     epsg=ref.epsg,
                     transform=tuple(float(v) for v in transform[:6]),  # type: ignore[arg-type]
                     window=(col_off, row_off, chip_size, chip_size),
-                    image=np.ascontiguousarray(image[:, :, col_off : col_off + chip_size]),
+                    image=image[:, :, col_off : col_off + chip_size],  # a view of the strip: no copy
                     valid=chip_valid,
                     nodata_pct=nodata_percent(chip_valid),
                     cloud_pct=cloud_pct,

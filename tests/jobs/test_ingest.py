@@ -165,7 +165,7 @@ def test_incremental_updated_and_since(ray_local: Any, tmp_path: Path) -> None:
     assert not old & set(meta["shards"])
 
     # Other chip settings would mix chip shapes in one dataset version: refused before any work.
-    with pytest.raises(ConfigError, match=r"new --dataset-version \(e\.g\. --dataset-version v1-p2-[0-9a-f]+\)"):
+    with pytest.raises(ConfigError, match=r"new --dataset-version \(e\.g\. --dataset-version v1-p\d+-[0-9a-f]+\)"):
         run(_catalog(tmp_path, items, "all.json"), chip_size=32)
 
     # --since keeps only items acquired or updated at/after the watermark.

@@ -135,6 +135,21 @@ def test_read_outside_extent_is_filled_and_masked() -> None:
     assert not covered.any() and not data.any()
 
 
+def test_read_into_a_caller_buffer_equals_a_fresh_read() -> None:
+    with AssetReader(str(ALIGNED / "B05.tif")) as reader:
+        ref = PixelGrid(32618, Affine(10, 0, 399960, 0, -10, 4200000), 128, 128)
+        target = ref.subgrid(100, -10, 64, 64)  # part outside the asset: filled, box read in place
+        fresh, fresh_covered = reader.read([1], target, fill_value=7)
+        strip = np.full((3, 64, 64), 99, dtype=fresh.dtype)  # (C, H, W); band 1 of it is the buffer
+        data, covered = reader.read([1], target, fill_value=7, out=strip[1:2])
+        assert np.shares_memory(data, strip)
+        with pytest.raises(ValueError, match=r"out must be a writeable C-contiguous \(1, 64, 64\) uint16 array"):
+            reader.read([1], target, out=np.empty((1, 64, 32), dtype=fresh.dtype))
+    np.testing.assert_array_equal(strip[1], fresh[0])
+    np.testing.assert_array_equal(covered, fresh_covered)
+    assert (strip[0] == 99).all() and (strip[2] == 99).all()  # neighbouring bands untouched
+
+
 def test_read_from_another_utm_zone_warps_once(tmp_path: Path) -> None:
     # The same ground in EPSG:32617 (the western neighbour zone), warped onto a 32618 target grid.
     with rasterio.open(ALIGNED / "B02.tif") as src:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pipeline.records import Chip, ResolvedItem
 from pipeline.shards import (
     METADATA_KEY,
     chip_checksum,
+    content_checksum,
     decode_images,
     decode_valid,
     read_shard,
@@ -45,7 +47,7 @@ def test_round_trip(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None
     info = write_shard(str(tmp_path / "a" / "shard.parquet"), chips, item, **VERSIONS)  # type: ignore[arg-type]
     assert info.n_rows == len(chips) == 16
     assert info.n_bytes == (tmp_path / "a" / "shard.parquet").stat().st_size
-    assert info.checksum == hashlib.blake2b((tmp_path / "a" / "shard.parquet").read_bytes(), digest_size=16).hexdigest()
+    assert info.checksum == hashlib.blake2b("\n".join(info.chip_checksums).encode(), digest_size=16).hexdigest()
     table = read_shard(info.path)
     images = decode_images(table)
     assert images.shape == (16, 6, 32, 32) and images.dtype == np.uint16
@@ -70,6 +72,25 @@ def test_round_trip(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None
     assert schema.field("window").type == pa.list_(pa.int32(), 4)
     assert schema.field("cloud_pct").type == pa.float32() and schema.field("cloud_pct").nullable
     assert pq.ParquetFile(info.path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_checksums_detect_changed_pixels(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
+    item, chips = s2
+    image = chips[5].image
+    assert chip_checksum(image) == f"{zlib.crc32(image.astype('<u2').tobytes()):08x}"
+    assert chip_checksum(image.astype(">u2")) == chip_checksum(image)  # checksums the bytes as stored (little-endian)
+    changed = image.copy()
+    changed[2, 7, 9] += 1
+    assert chip_checksum(changed) != chip_checksum(image)
+    path = tmp_path / "c.parquet"
+    write_shard(str(path), chips, item, compression="none", **VERSIONS)  # type: ignore[arg-type]
+    body = bytearray(path.read_bytes())
+    at = bytes(body).index(image.astype("<u2").tobytes())  # uncompressed: the chip's bytes are in the file as is
+    body[at + 1000] ^= 0x01  # one flipped bit in one pixel of chip 5
+    path.write_bytes(bytes(body))
+    table = read_shard(str(path))
+    bad = [k for k, image in enumerate(decode_images(table)) if chip_checksum(image) != table["checksum"][k].as_py()]
+    assert bad == [5]
 
 
 def test_metadata(tmp_path: Path, s2: tuple[ResolvedItem, list[Chip]]) -> None:
@@ -181,6 +202,8 @@ def test_rejects_empty_and_mixed_shapes(tmp_path: Path, s2: tuple[ResolvedItem, 
     odd = dataclasses.replace(chips[1], image=chips[1].image[:3])
     with pytest.raises(ValueError, match="one shard takes one item"):
         write_shard(str(tmp_path / "x.parquet"), [chips[0], odd], item, **VERSIONS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compression must be 'zstd', 'lz4' or 'none', got 'gzip'"):
+        write_shard(str(tmp_path / "g.parquet"), chips, item, compression="gzip", **VERSIONS)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -192,6 +215,8 @@ def test_write_and_read_through_s3(moto_s3, s2: tuple[ResolvedItem, list[Chip]])
     assert info.path == f"{moto_s3.bucket}/shards/v-test/sentinel-2-l2a/utm=32618/{item.safe_id}.parquet"
     body = moto_s3.client().get_object(Bucket=moto_s3.bucket, Key=info.path.split("/", 1)[1])["Body"].read()
     assert len(body) == info.n_bytes
-    assert hashlib.blake2b(body, digest_size=16).hexdigest() == info.checksum
+    assert info.checksum == content_checksum(info.chip_checksums)
+    table = pq.read_table(pa.BufferReader(body))
+    assert [chip_checksum(image) for image in decode_images(table)] == table.column("checksum").to_pylist()
     np.testing.assert_array_equal(decode_images(read_shard(uri, filesystem=fs)), np.stack([c.image for c in chips]))
     assert shard_metadata(uri, filesystem=fs)["collection"] == "sentinel-2-l2a"
