@@ -2,7 +2,8 @@
 
 The 2-D transform of a channels-last map ``(B, H, W, C)`` is ``X = D_H U D_Wᵀ`` per channel, applied as two GEMMs with
 no permutes (see ``docs/hco.md`` §2). The FFT path (§13) is exact to float rounding and O(N log N) per axis; ``"auto"``
-switches to it for large maps.
+switches to it for large maps: above ``DEFAULT_FFT_THRESHOLD`` = 1024 samples per side (the GEMM path measured faster
+at every size up to 1024 on CPU; the FFT path's advantage only starts beyond, near 2048 at best).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ __all__ = [
 ]
 
 DCTImpl = Literal["matmul", "fft", "auto"]
-DEFAULT_FFT_THRESHOLD = 512
+# NOTE: what benchmarks/hco_operator.py supports (2-core AVX-512/AMX CPU, benchmarks/RESULTS.md): the GEMM path wins at
+# every measured size up to 1024 (this FFT path runs at 0.37x its speed there; an rFFT variant would cross near 2048,
+# unmeasured), so ``"auto"`` keeps GEMMs up to 1024 per side (4096-px inputs at stride 4). Re-tune on other hardware.
+DEFAULT_FFT_THRESHOLD = 1024
 
 
 @lru_cache(maxsize=128)

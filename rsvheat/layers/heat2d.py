@@ -188,6 +188,8 @@ class HeatConduction2d(nn.Module):
         self._frozen: dict[tuple[int, int], torch.Tensor] | None = None
         # Eval without autograd: the last decay computed, with what it was computed from (see `_eval_decay`).
         self._eval_cache: tuple[torch.Tensor, tuple[Any, ...], torch.Tensor] | None = None
+        # Frozen decays cast to an autocast dtype (``hco_core_dtype="autocast"``), keyed by (H, W, dtype).
+        self._cast_cache: dict[tuple[int, int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         for linear in (self.linear, self.to_k, self.out_linear):
             if linear is not None:  # hco.md §6: Linear trunc_normal(0.02), bias 0
                 nn.init.trunc_normal_(linear.weight, std=0.02)
@@ -261,6 +263,7 @@ class HeatConduction2d(nn.Module):
         if self.to_k is None and self.fixed_k is None:
             raise DecayNotAvailableError("to_k was dropped by fuse_decay(drop_fve=True); training mode needs it.")
         self._frozen = None
+        self._cast_cache.clear()
 
     def drop_conductivity(self) -> None:
         """Delete ``to_k`` (inference mode only); unlisted sizes then raise :class:`DecayNotAvailableError`."""
@@ -314,18 +317,21 @@ class HeatConduction2d(nn.Module):
         return decay
 
     def train(self, mode: bool = True) -> HeatConduction2d:
-        """Set the mode and drop the eval-time decay cache."""
+        """Set the mode and drop the eval-time decay caches."""
         self._eval_cache = None
+        self._cast_cache.clear()
         return super().train(mode)
 
     def _apply(self, fn: Any, recurse: bool = True) -> HeatConduction2d:
-        # `.to()`/`.half()` swap parameter data without a version bump: drop the eval cache.
+        # `.to()`/`.half()` swap parameter data without a version bump: drop the eval caches.
         self._eval_cache = None
+        self._cast_cache.clear()
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # New weights invalidate frozen decays; they are recomputed lazily (while to_k is present).
         self._eval_cache = None
+        self._cast_cache.clear()
         if self._frozen is not None and self.to_k is not None:
             self._frozen.clear()
         super()._load_from_state_dict(*args, **kwargs)
@@ -348,17 +354,37 @@ class HeatConduction2d(nn.Module):
             if sce is None:
                 raise ValueError("This HCO was built with spatial_correction=True but received no SCE.")
             x = self.sce_norm(F.relu(x + sce))
-        x = self.dwconv(x)
-        x = self.linear(x.permute(0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C) -> (B, H, W, 2C)
-        u, z = x.chunk(2, dim=-1)  # 2 × (B, H, W, C)
+        x = self.dwconv(x).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C); a free view for channels-last input
+        # NOTE: Linear(C, 2C) as two GEMMs on the weight halves: contiguous u and z, no copy of a chunk view.
+        weight, bias = self.linear.weight, self.linear.bias
+        u = F.linear(x, weight[: self.dim], bias[: self.dim])  # (B, H, W, C)
+        z = F.linear(x, weight[self.dim :], bias[self.dim :])  # (B, H, W, C)
         decay = self.resolve_decay(height, width, fve, x.device)
+        if self.hco_core_dtype == "autocast" and autocast_enabled(x.device) and u.dtype != decay.dtype:
+            decay = self._cast_decay(height, width, decay, u.dtype)
         u = apply_decay(
             u, decay, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold, core_dtype=self.hco_core_dtype
         )
-        if not autocast_enabled(x.device):
-            u = u.to(z.dtype)  # e.g. bf16 weights without autocast: back to the model's dtype after the fp32 core
-        u = self.out_norm(u) * F.silu(z)
-        return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        # NOTE: back to the activation dtype right after the core (bf16 under autocast or with bf16 weights): the
+        # LayerNorm, the gate and out_linear then run without mixed-dtype copies; the DCT/decay stayed fp32.
+        u = self.out_norm(u.to(z.dtype)) * F.silu(z)
+        return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last memory
+
+    def _cast_decay(self, height: int, width: int, decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The decay in the autocast ``dtype`` for ``hco_core_dtype="autocast"``; frozen decays are cast once.
+
+        Without autograd through it the cast is exact enough (decay ∈ (0, 1], relative rounding 2⁻⁸ in bf16) and
+        keeps the decay multiply and both DCT GEMMs in one dtype. Only eval/inference serves the cached copy.
+        """
+        frozen = self._frozen.get((height, width)) if self._frozen is not None else None
+        if decay.requires_grad or self.training or frozen is not decay:
+            return decay.to(dtype)
+        key = (height, width, dtype)
+        cached = self._cast_cache.get(key)
+        if cached is None or cached[0] is not decay:
+            cached = (decay, decay.to(dtype))
+            self._cast_cache[key] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         """Show the operator options in ``repr``."""

@@ -70,6 +70,9 @@ def _resize_embedding(embedding: torch.Tensor, height: int, width: int, mode: FV
 class Mlp2d(nn.Module):
     """Conv1×1 (C → rC) → GELU → Conv1×1 (rC → C) on NCHW maps (dropout 0).
 
+    The 1×1 convolutions run as GEMMs over the channel axis of a channels-last view (``F.linear`` on the
+    conv-shaped weights, so checkpoints keep their ``(rC, C, 1, 1)`` shapes); with channels-last input no copy is made.
+
     Args:
         dim: width ``C``.
         mlp_ratio: hidden width ratio ``r``.
@@ -83,8 +86,11 @@ class Mlp2d(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) -> (B, C, H, W)``."""
-        return self.fc2(self.act(self.fc1(x)))
+        """``(B, C, H, W) -> (B, C, H, W)``; the output has channels-last memory."""
+        x = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        x = F.linear(x, self.fc1.weight.flatten(1), self.fc1.bias)  # (rC, C, 1, 1) -> (rC, C)
+        x = F.linear(self.act(x), self.fc2.weight.flatten(1), self.fc2.bias)  # (C, rC, 1, 1) -> (C, rC)
+        return x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
 class VHeatBlock(nn.Module):
@@ -131,8 +137,9 @@ class VHeatBlock(nn.Module):
     ) -> torch.Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``; ``fve``/``sce`` are the stage embeddings at this map size."""
         if self.post_norm:
-            x = x + self.drop_path(self._scale(self.norm1(self.hco(x, fve, sce)), self.gamma1))
-            return x + self.drop_path(self._scale(self.norm2(self.mlp(x)), self.gamma2))
+            # NOTE: γ is folded into the LayerNorm affine (one pass fewer over the map than LN(f(x)) * γ).
+            x = x + self.drop_path(self.norm1(self.hco(x, fve, sce), self.gamma1))
+            return x + self.drop_path(self.norm2(self.mlp(x), self.gamma2))
         x = x + self.drop_path(self._scale(self.hco(self.norm1(x), fve, sce), self.gamma1))
         return x + self.drop_path(self._scale(self.mlp(self.norm2(x)), self.gamma2))
 
@@ -371,7 +378,10 @@ class VHeat(nn.Module):
             modality: stem to use; ``None`` for ``default_modality``.
         """
         take = resolve_stage_indices(indices, len(self.stages))
-        x = self._stem_for(x, modality)(x)
+        # NOTE: stem and trunk run channels-last (NHWC memory): LayerNorm2d, the HCO and the MLP then permute views,
+        # not data; the convolutions keep that memory format.
+        stem = self._stem_for(x, modality)
+        x = stem(x.contiguous(memory_format=torch.channels_last)).contiguous(memory_format=torch.channels_last)
         outputs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)

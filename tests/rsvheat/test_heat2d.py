@@ -210,3 +210,33 @@ def test_eval_without_autograd_reuses_the_decay_until_fve_or_to_k_change() -> No
     assert hco._eval_cache is None
     with torch.no_grad():
         assert hco.resolve_decay(6, 5, fve) is not hco.resolve_decay(6, 5, fve)  # training never caches
+
+
+def test_frozen_autocast_core_casts_the_decay_once_and_stays_close() -> None:
+    torch.manual_seed(0)
+    hco = HeatConduction2d(32, hco_core_dtype="autocast").eval()
+    x = torch.randn(1, 32, 24, 16)
+    fve = _fve(24, 16, 32)
+    with torch.no_grad():
+        reference = hco(x, fve)
+        hco.freeze([(24, 16)], [fve])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first, second = hco(x), hco(x)
+    assert [key[2] for key in hco._cast_cache] == [torch.bfloat16]  # one bf16 copy, reused by the second call
+    assert hco._cast_cache[(24, 16, torch.bfloat16)][0] is hco._frozen[(24, 16)]  # type: ignore[index]
+    assert torch.equal(first, second)
+    assert ((first.float() - reference).norm() / reference.norm()).item() <= 1e-2
+    hco.train()
+    assert not hco._cast_cache  # training never serves the low-precision copy
+
+
+def test_hco_output_is_channels_last_and_input_layout_does_not_matter() -> None:
+    torch.manual_seed(0)
+    hco = HeatConduction2d(16).eval()
+    x = torch.randn(2, 16, 12, 10)
+    fve = _fve(12, 10, 16)
+    with torch.no_grad():
+        out = hco(x, fve)
+        out_cl = hco(x.contiguous(memory_format=torch.channels_last), fve)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - out_cl).abs().max().item() <= 1e-6

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import rsvheat
 from rsvheat.errors import BandCountMismatchError, DecayNotAvailableError, UnknownModalityError
-from rsvheat.models.vheat import VHeat, VHeatBlock, count_parameters, resize_embeddings, stage_sizes
+from rsvheat.models.vheat import Mlp2d, VHeat, VHeatBlock, count_parameters, resize_embeddings, stage_sizes
 
 TEST_MODELS = ["vheat_test", "rsvheat_test"]
 
@@ -431,3 +431,22 @@ def test_zero_pad_loader_keeps_the_learned_block_and_bicubic_matches_runtime_res
     assert torch.equal(resized["stems.optical.conv1.weight"], state["stems.optical.conv1.weight"])
     with pytest.raises(ValueError, match="zero-pad"):
         resize_embeddings(state, 64, mode="zero_pad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mlp_linear_path_matches_the_conv_definition(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    mlp = Mlp2d(8, 4.0)
+    x = torch.randn(2, 8, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(F.gelu(F.conv2d(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+    assert mlp.fc1.weight.shape == (32, 8, 1, 1)  # conv-shaped parameters: checkpoints keep loading
+    assert (mlp(x) - expected).abs().max().item() <= 1e-5
+
+
+def test_trunk_runs_channels_last() -> None:
+    model = _build("vheat_test").eval()
+    with torch.no_grad():
+        maps = model.forward_features(torch.randn(1, 3, 64, 64))
+    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in maps)
