@@ -179,8 +179,13 @@ def _split_credentials(options: dict[str, str | int]) -> tuple[dict[str, str | i
 
 
 def _read_error(href: str, action: str, err: Exception) -> RasterReadError:
+    # NOTE: rasterio's "Read failed. See previous exception for details." keeps GDAL's reason (e.g. a truncated tile)
+    # in the chained exception; a person needs that reason, not the pointer to it.
+    reason = str(err).rstrip(".")
+    if err.__cause__ is not None and str(err.__cause__) not in reason:
+        reason = f"{reason.removesuffix(' See previous exception for details')} ({err.__cause__})"
     return RasterReadError(
-        f"Could not {action} {redact_href(href)!r}: {redact_text(str(err))}. Check that the href exists and is a "
+        f"Could not {action} {redact_href(href)!r}: {redact_text(reason)}. Check that the href exists and is a "
         "GeoTIFF, that remote hosts are reachable and signed URLs have not expired, and for s3:// that "
         "AWS_S3_ENDPOINT and the AWS_* keys are set in the GDAL env."
     )
