@@ -11,12 +11,12 @@ __all__ = [
     "CRSNotFoundError",
     "GridMismatchError",
     "InvalidItemError",
-    "NoItemsFoundError",
     "PipelineError",
     "RasterReadError",
     "STACAPIError",
+    "SampleDataError",
+    "SensorConfigError",
     "SensorNotFoundError",
-    "StatsMismatchError",
 ]
 
 
@@ -54,27 +54,17 @@ class RasterReadError(PipelineError, OSError):
     """A raster could not be opened or read (truncated file, unreachable href, unsupported format)."""
 
 
-class NoItemsFoundError(PipelineError, LookupError):
-    """A search or catalog returned no items for the given filters."""
-
 
 class STACAPIError(PipelineError, ConnectionError):
     """A STAC API request failed after its retries."""
 
-
-class StatsMismatchError(PipelineError, ValueError):
-    """Normalisation stats of a checkpoint and a dataset differ."""
 
 
 class SensorConfigError(PipelineError, ValueError):
     """``sensors.yaml`` (or a user-supplied sensor file) is malformed: unknown keys, missing fields, bad values."""
 
 
-__all__ += ["SensorConfigError"]  # appended after the shared list above (pipeline/sensors.py)
-
 
 class SampleDataError(PipelineError, RuntimeError):
     """The real sample data could not be fetched from the package registry or converted (pipeline/samples.py)."""
 
-
-__all__ += ["SampleDataError"]
