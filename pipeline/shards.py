@@ -416,6 +416,14 @@ def write_shard(
                 writer.close()
             n_bytes = sink.tell()
         if not direct:
+            if isinstance(fs, pafs.LocalFileSystem):
+                # Durable before visible, as the manifest commit is: after a power loss a committed manifest must
+                # never point at a shard whose bytes were still in the page cache.
+                descriptor = os.open(write_path, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
             fs.move(write_path, path)
     except BaseException:
         if not direct:
