@@ -46,7 +46,7 @@ from typing import Any
 from jobs._config import ConfigError, parse_config, to_dict
 from pipeline.cog import redact_href
 from pipeline.errors import PipelineError
-from pipeline.manifest import ItemManifest, OutputStore, load_manifests, watermarks, write_outputs
+from pipeline.manifest import ItemManifest, OutputStore, _parse_time, load_manifests, watermarks, write_outputs
 from pipeline.records import FailureRecord
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "IngestConfig", "IngestSummary", "main", "run_ingest"]
@@ -209,11 +209,6 @@ def _public_config(cfg: IngestConfig) -> dict[str, Any]:
     return data
 
 
-def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _since(cfg: IngestConfig, committed: Sequence[ItemManifest]) -> datetime | None:
     """The watermark to search from: ``--since`` as given, or derived from the dataset for ``auto``.
 
@@ -367,6 +362,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
 
     cfg = _resolve_smoke(cfg)
     _validate(cfg)
+    overrides = nodata_overrides(cfg.nodata_override)
     start = time.perf_counter()
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     store = OutputStore.open(str(cfg.output), s3_endpoint=cfg.s3_endpoint)
@@ -377,7 +373,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
         stride=cfg.stride,
         max_nodata=cfg.max_nodata,
         max_cloud=cfg.max_cloud,
-        overrides=nodata_overrides(cfg.nodata_override),
+        overrides=overrides,
     )
     log.info("processing_version %s, dataset_version %s, output %s", pv, cfg.dataset_version, store.uri)
     existing = load_manifests(store, cfg.dataset_version)
@@ -428,7 +424,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
             stride=cfg.stride,
             max_nodata=cfg.max_nodata,
             max_cloud=cfg.max_cloud,
-            overrides=nodata_overrides(cfg.nodata_override),
+            overrides=overrides,
             s3_endpoint=cfg.s3_endpoint,
             sensors_path=str(Path(cfg.sensors).resolve()) if cfg.sensors else None,
             env=forwarded_env(),

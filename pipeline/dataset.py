@@ -109,10 +109,13 @@ def load_chips(
     for row in rows:
         groups.setdefault((row["shard_path"], row["row_group"]), []).append((row["chip_id"], row["row_index"]))
     loaded: dict[str, ChipSample] = {}
+    band_order: dict[str, list[str]] = {}  # per shard: its footer JSON is parsed once, not once per row group
     for (shard_path, row_group), members in groups.items():
         with store.filesystem.open_input_file(store.path(shard_path)) as handle:
             parquet = pq.ParquetFile(handle)
-            meta = json.loads((parquet.schema_arrow.metadata or {})[METADATA_KEY.encode()])
+            if shard_path not in band_order:
+                meta = json.loads((parquet.schema_arrow.metadata or {})[METADATA_KEY.encode()])
+                band_order[shard_path] = list(meta["band_order"])
             table = parquet.read_row_group(row_group, columns=list(_SHARD_COLUMNS))
         images = decode_images(table)  # (N, C, H, W)
         valid = decode_valid(table)  # (N, H, W)
@@ -130,7 +133,7 @@ def load_chips(
                 chip_id=chip_id,
                 item_id=row["item_id"],
                 collection=row["collection"],
-                bands=list(meta["band_order"]),
+                bands=list(band_order[shard_path]),
                 crs=f"EPSG:{row['crs_epsg']}",
                 transform=tuple(row["transform"]),  # type: ignore[typeddict-item]
                 window=tuple(row["window"]),  # type: ignore[typeddict-item]

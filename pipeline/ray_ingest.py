@@ -50,6 +50,7 @@ __all__ = [
     "ItemChipper",
     "ItemResult",
     "check_item_id",
+    "forwarded_env",
     "ingest_item",
     "item_collection",
     "prefetched",
@@ -294,7 +295,7 @@ def ingest_item(
         collection = item_collection(raw, sensors)
         updated = (raw.get("properties") or {}).get("updated")
         check_item_id(raw.get("id"))
-        spec = sensors.for_item(raw)
+        sensor_metadata = sensors.for_item(raw).to_metadata()
         item = resolved = resolve_item(raw, sensors, overrides=settings.overrides or None)
         collection = item.collection
         cut = cut_item(item, chip_size=settings.chip_size, stride=settings.stride, gdal_env=gdal)
@@ -316,7 +317,7 @@ def ingest_item(
                 item,
                 dataset_version=settings.dataset_version,
                 processing_version=settings.processing_version,
-                sensor_metadata=spec.to_metadata(),
+                sensor_metadata=sensor_metadata,
                 filesystem=store.filesystem,
             )
             if info.n_rows != chips.counts["written"]:
@@ -345,7 +346,7 @@ def ingest_item(
             counts=dict(chips.counts),
             chips=tuple(chips.rows),
             stats={**chips.stats.to_dict(), "pixel_stride": STATS_STRIDE} if chips.stats is not None else None,
-            sensor=spec.to_metadata(),
+            sensor=sensor_metadata,
             lineage=_lineage(raw, item),
             attempt=attempt,
         )

@@ -82,9 +82,9 @@ def test_read_dataset_normalised_torch_batches(ray_local: Any, dataset_dir: Path
 
 def test_read_dataset_requires_one_collection(ray_local: Any, dataset_dir: Path) -> None:
     meta = json.loads((dataset_dir / "dataset.json").read_text())
-    if len(meta["collections"]) > 1:
-        with pytest.raises(ValueError, match=r"holds \d collections.*pass collection="):
-            pipeline.read_dataset(str(dataset_dir))
+    assert len(meta["collections"]) > 1  # the synthetic catalog holds S1, S2 and Landsat items
+    with pytest.raises(ValueError, match=r"holds \d collections.*pass collection="):
+        pipeline.read_dataset(str(dataset_dir))
     with pytest.raises(ValueError, match="is not in"):
         pipeline.read_dataset(str(dataset_dir), collection="no-such-collection")
     with pytest.raises(FileNotFoundError, match="no dataset.json"):
