@@ -372,12 +372,10 @@ def _resolve_band(
     stated_offset: int,
     overrides: Mapping[str, BandOverride] | None,
 ) -> ResolvedBand:
-    where = f"Item `{item_id}` asset `{key}`"
     href = asset.get("href")
     if not isinstance(href, str) or not href:
-        raise InvalidItemError(f"{where} has no `href`.")
-    epsg = asset_epsg(asset, properties)
-    _check_metric(item_id, collection, epsg, f"asset `{key}`", spec)
+        raise InvalidItemError(f"Item `{item_id}` asset `{key}` has no `href`.")
+    epsg, transform, shape = _asset_georef(item_id, collection, spec, key, asset, properties)
     found = _radiometry(asset, index)
     nodata = _nodata_value(found["nodata"]) if "nodata" in found else band.nodata
     scale = float(found.get("scale", band.scale))
@@ -409,9 +407,20 @@ def _resolve_band(
         resampling=band.resampling,
         band_index=index,
         epsg=epsg,
-        transform=_transform6(asset.get("proj:transform", properties.get("proj:transform")), where),
-        shape=_shape(asset.get("proj:shape", properties.get("proj:shape")), where),
+        transform=transform,
+        shape=shape,
     )
+
+
+def _asset_georef(
+    item_id: str, collection: str, spec: SensorSpec, key: str, asset: Mapping[str, Any], properties: Mapping[str, Any]
+) -> tuple[int | None, Transform6 | None, tuple[int, int] | None]:
+    """An asset's EPSG code (checked to be metric), ``proj:transform`` and ``proj:shape``, else the item's."""
+    where = f"Item `{item_id}` asset `{key}`"
+    epsg = asset_epsg(asset, properties)
+    _check_metric(item_id, collection, epsg, f"asset `{key}`", spec)
+    transform = _transform6(asset.get("proj:transform", properties.get("proj:transform")), where)
+    return epsg, transform, _shape(asset.get("proj:shape", properties.get("proj:shape")), where)
 
 
 def _resolve_quality(
@@ -436,9 +445,7 @@ def _resolve_quality(
         )
         return None
     asset = assets[key]
-    where = f"Item `{item_id}` asset `{key}`"
-    epsg = asset_epsg(asset, properties)
-    _check_metric(item_id, collection, epsg, f"asset `{key}`", spec)
+    epsg, transform, shape = _asset_georef(item_id, collection, spec, key, asset, properties)
     rule = spec.quality
     scl = rule.kind == "scl"
     return QualityAsset(
@@ -448,8 +455,8 @@ def _resolve_quality(
         nodata=rule.nodata_values if scl else rule.nodata_bits,
         href=make_absolute_href(str(asset["href"]), base),
         epsg=epsg,
-        transform=_transform6(asset.get("proj:transform", properties.get("proj:transform")), where),
-        shape=_shape(asset.get("proj:shape", properties.get("proj:shape")), where),
+        transform=transform,
+        shape=shape,
     )
 
 

@@ -178,15 +178,9 @@ def write_cog(array: np.ndarray, path: Path, *, crs: Any, transform: Any, nodata
         The source's ``proj:*`` fields for the STAC asset: ``shape``, ``transform``, ``bbox``.
     """
     height, width = array.shape
-    profile = {"driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": array.dtype.name,
-               "crs": crs, "transform": transform, "nodata": nodata}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with MemoryFile() as memory:
-        with memory.open(**profile) as staging:
-            staging.write(array, 1)
-        with memory.open() as source:
-            rio_copy(source, str(path), driver="COG", BLOCKSIZE=BLOCKSIZE, COMPRESS="DEFLATE", PREDICTOR="YES",
-                     OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="NO")
+    _copy_to_cog(array[np.newaxis], path, crs, transform, nodata,  # (H, W) -> (1, H, W)
+                 PREDICTOR="YES", OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="NO")
     left, top = transform.c, transform.f
     right, bottom = left + width * transform.a, top + height * transform.e
     return {"shape": [height, width], "transform": list(transform)[:6],
@@ -292,7 +286,7 @@ def _l1c_item(source: Path, out_dir: Path, spec: SensorSpec) -> pystac.Item:
     with rasterio.open(source / "preview.jp2") as preview:
         rgb, crs, transform = preview.read(), preview.crs, preview.transform
     preview_path = folder / "preview.tif"
-    _write_rgb_cog(rgb, preview_path, crs, transform)
+    _copy_to_cog(rgb, preview_path, crs, transform, None)
     assets["preview"] = pystac.Asset(href=str(preview_path), media_type=pystac.MediaType.COG, roles=["overview"],
                                      title="RGB preview (uint8, 320 m)")
     item = pystac.Item(
@@ -314,15 +308,18 @@ def _with_assets(item: pystac.Item, assets: dict[str, pystac.Asset]) -> pystac.I
     return item
 
 
-def _write_rgb_cog(rgb: np.ndarray, path: Path, crs: Any, transform: Any) -> None:
-    count, height, width = rgb.shape
-    profile = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": rgb.dtype.name,
-               "crs": crs, "transform": transform}
+def _copy_to_cog(pixels: np.ndarray, path: Path, crs: Any, transform: Any, nodata: float | None,
+                 **options: str) -> None:
+    """Stage ``(C, H, W)`` pixels in memory, then copy them to ``path`` as a tiled DEFLATE COG with ``options``."""
+    count, height, width = pixels.shape
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": pixels.dtype.name,
+               "crs": crs, "transform": transform, "nodata": nodata}
     with MemoryFile() as memory:
         with memory.open(**profile) as staging:
-            staging.write(rgb)
+            staging.write(pixels)
         with memory.open() as source:
-            rio_copy(source, str(path), driver="COG", BLOCKSIZE=BLOCKSIZE, COMPRESS="DEFLATE", OVERVIEWS="AUTO")
+            rio_copy(source, str(path), driver="COG", BLOCKSIZE=BLOCKSIZE, COMPRESS="DEFLATE", OVERVIEWS="AUTO",
+                     **options)
 
 
 def _ben_metadata(folder: Path) -> dict[str, Any]:

@@ -266,8 +266,7 @@ class SensorSpec:
             "quality": self.quality.to_metadata() if self.quality else None,
             "harmonize": self.harmonize.to_metadata() if self.harmonize else None,
         }
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        return _short_hash(json.dumps(payload, sort_keys=True, separators=(",", ":")))
 
 
 @dataclass(frozen=True)
@@ -359,12 +358,16 @@ class SensorRegistry:
     @property
     def config_hash(self) -> str:
         """A stable hash over every sensor's :attr:`SensorSpec.config_hash`."""
-        text = ",".join(f"{name}={spec.config_hash}" for name, spec in sorted(self.sensors.items()))
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        return _short_hash(",".join(f"{name}={spec.config_hash}" for name, spec in sorted(self.sensors.items())))
 
     def to_metadata(self) -> dict[str, Any]:
         """Every sensor's metadata block, keyed by sensor name."""
         return {name: spec.to_metadata() for name, spec in self.sensors.items()}
+
+
+def _short_hash(text: str) -> str:
+    """A 16-hex-digit blake2b digest of ``text`` (the sensor and registry config hashes)."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _asset_score(spec: SensorSpec, keys: set[str]) -> int | None:

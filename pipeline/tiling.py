@@ -210,16 +210,15 @@ def cut_item(
         _check_overlap(item, ref, readers)
         groups = _read_groups(item, readers)
         dtype = _output_dtype(item, readers)
-        quality_reader = readers[item.quality.href] if item.quality is not None else None
         cols = chip_offsets(ref.width, chip_size, step)
         strip_width = cols[-1] + chip_size
         for row_off in chip_offsets(ref.height, chip_size, step):
             strip = ref.subgrid(0, row_off, strip_width, chip_size)
             image, valid = _read_strip(item, groups, strip, dtype)
             cloud = usable = None
-            if item.quality is not None and quality_reader is not None:
+            if item.quality is not None:
                 rule = item.quality
-                qa, qa_covered = quality_reader.read(
+                qa, qa_covered = readers[rule.href].read(
                     (1,), strip, resampling="nearest", fill_value=quality_fill(rule.kind, rule.nodata)
                 )
                 cloud, qa_nodata = quality_masks(rule.kind, qa[0], cloud=rule.cloud, nodata=rule.nodata)

@@ -242,11 +242,13 @@ class _LoopingAPI(ThreadingHTTPServer):
         self.item, self.searches = item, 0
 
 
-class _LoopingHandler(BaseHTTPRequestHandler):
-    server: _LoopingAPI
-
-    def log_message(self, *args: Any) -> None:
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
         pass
+
+
+class _LoopingHandler(_QuietHandler):
+    server: _LoopingAPI
 
     def _send(self, body: dict[str, Any]) -> None:
         payload = json.dumps(body).encode()
@@ -299,7 +301,7 @@ class _ThrottlingProxy(ThreadingHTTPServer):
         self.lock = threading.Lock()
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
+class _ProxyHandler(_QuietHandler):
     server: _ThrottlingProxy
 
     def do_GET(self) -> None:
@@ -307,9 +309,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle()
-
-    def log_message(self, *args: Any) -> None:  # keep pytest output clean
-        pass
 
     def _handle(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
