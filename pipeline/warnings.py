@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
-    "ChipSkippedWarning",
     "MissingBandWarning",
     "PipelineWarning",
     "ServerFeatureWarning",
@@ -19,9 +18,6 @@ __all__ = [
 class PipelineWarning(UserWarning):
     """Base class of every warning the pipeline emits."""
 
-
-class ChipSkippedWarning(PipelineWarning):
-    """A chip was not written (too much nodata or cloud); it is still recorded in the index with its reason."""
 
 
 class MissingBandWarning(PipelineWarning):
