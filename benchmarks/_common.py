@@ -30,6 +30,7 @@ __all__ = [
     "git_revision",
     "load_average",
     "machine_info",
+    "meminfo_kib",
     "package_versions",
     "read_peak_rss_bytes",
     "read_rss_bytes",
@@ -64,6 +65,16 @@ def _lscpu_field(text: str, field: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
+def meminfo_kib(field: str) -> int | None:
+    """A ``/proc/meminfo`` field (e.g. ``"MemAvailable"``) in KiB, or ``None`` where procfs or the field is missing."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{re.escape(field)}:\s+(\d+) kB", text, flags=re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, RAM, OS and the accelerator (if torch sees one)."""
     info: dict[str, Any] = {
@@ -79,12 +90,8 @@ def machine_info() -> dict[str, Any]:
     info["cpu_model"] = _lscpu_field(lscpu, "Model name") or platform.processor()
     flags = (_lscpu_field(lscpu, "Flags") or "").split()
     info["cpu_isa"] = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags]
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-        total_kib = int(re.search(r"^MemTotal:\s+(\d+) kB", meminfo, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
-        info["ram_gib"] = round(total_kib / 2**20, 1)
-    except (OSError, AttributeError):
-        info["ram_gib"] = None
+    total_kib = meminfo_kib("MemTotal")
+    info["ram_gib"] = None if total_kib is None else round(total_kib / 2**20, 1)
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         info["torch_threads"] = torch.get_num_threads()

@@ -27,7 +27,6 @@ import gc
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     load_average,
+    meminfo_kib,
     read_peak_rss_bytes,
     read_rss_bytes,
     reset_peak_rss,
@@ -294,9 +294,8 @@ def run_config(config: Config, timeout_s: float) -> Outcome:
 
 def mem_available_mb() -> float:
     """``MemAvailable`` from /proc/meminfo, in MiB."""
-    text = Path("/proc/meminfo").read_text()
-    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, flags=re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else float("inf")
+    available_kib = meminfo_kib("MemAvailable")
+    return float("inf") if available_kib is None else available_kib / 1024
 
 
 def large_batch(base: int, img_size: int, base_size: int = 224) -> int:

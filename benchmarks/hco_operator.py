@@ -32,17 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, run_header, time_repeats, write_json, write_results_section
 
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, dct2d, idct2d
+from rsvheat.layers.heat2d import decay_from_conductivity
 
 SECTION = "backbone-operator"
 
 
 def _decay(height: int, width: int, channels: int, generator: torch.Generator) -> torch.Tensor:
     """A realistic decay field ``exp(−k ⊙ Λ)`` of shape (H, W, C), k ≥ 0 (hco.md §3)."""
-    omega_h = torch.linspace(0, math.pi, height + 1)[:height]
-    omega_w = torch.linspace(0, math.pi, width + 1)[:width]
-    lam = omega_h[:, None] ** 2 + omega_w[None, :] ** 2  # (H, W)
     k = torch.rand(height, width, channels, generator=generator) * 0.5
-    return torch.exp(-k * lam[..., None])
+    return decay_from_conductivity(k, height, width)
 
 
 def _alpha(n: int, ndim: int, dim: int, dtype: torch.dtype) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from rsvheat.layers.norm import LayerNorm2d
+from rsvheat.models._backbone import format_in_chans
 
 __all__ = ["StemLayer", "adapt_rgb_filters", "adapt_stem_weights", "build_stems"]
 
@@ -45,12 +46,7 @@ def build_stems(in_chans: Mapping[str, int], out_chans: int) -> nn.ModuleDict:
         in_chans: band count per modality name.
         out_chans: trunk width ``C``.
     """
-    if not in_chans:
-        raise ValueError("in_chans names no modality; pass an int or a dict such as {'optical': 13, 'sar': 2}.")
-    for name, bands in in_chans.items():
-        if not isinstance(bands, int) or isinstance(bands, bool) or bands < 1:
-            raise ValueError(f"Modality {name!r} has band count {bands!r}; expected a positive int.")
-    return nn.ModuleDict({name: StemLayer(bands, out_chans) for name, bands in in_chans.items()})
+    return nn.ModuleDict({name: StemLayer(bands, out_chans) for name, bands in format_in_chans(in_chans).items()})
 
 
 # The RGB slots of an ImageNet-style checkpoint (input channels in R, G, B order) and the band names that take them.

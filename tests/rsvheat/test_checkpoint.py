@@ -14,11 +14,11 @@ from rsvheat.checkpoint import check_stats, load_checkpoint, load_checkpoint_met
 from rsvheat.errors import StatsMismatchError
 from rsvheat.heads import DetectionOutput
 from rsvheat.tasks import TASKS, build_task_model
-from tests.rsvheat.heads._backbones import image_test_backbones
+from tests.rsvheat.heads._backbones import image_test_backbones, task_test_backbone
 from tests.rsvheat.heads._backbones import single_torch_thread as single_torch_thread  # autouse
 
 BACKBONES = image_test_backbones()
-TASK_BACKBONE = "vheat_test" if "vheat_test" in BACKBONES else BACKBONES[0]
+TASK_BACKBONE = task_test_backbone()
 IN_CHANS = {"optical": 4, "sar": 2}
 BANDS = {"optical": ["B02", "B03", "B04", "B08"], "sar": ["VV", "VH"]}
 STATS = {

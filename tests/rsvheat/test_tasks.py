@@ -9,10 +9,10 @@ import rsvheat
 from rsvheat.errors import BandCountMismatchError
 from rsvheat.heads import DetectionOutput
 from rsvheat.tasks import TASKS, ChangeTaskModel, TaskModel, build_task_model
-from tests.rsvheat.heads._backbones import image_test_backbones
+from tests.rsvheat.heads._backbones import task_test_backbone
 from tests.rsvheat.heads._backbones import single_torch_thread as single_torch_thread  # autouse
 
-BACKBONE = "vheat_test" if "vheat_test" in image_test_backbones() else image_test_backbones()[0]
+BACKBONE = task_test_backbone()
 HEAD_KWARGS = {"segmentation": {"channels": 16}, "change": {"channels": 16}, "detection": {"channels": 16}}
 
 

@@ -15,6 +15,12 @@ def image_test_backbones() -> list[str]:
     return [n for n in rsvheat.list_models("*_test") if "_ts" not in n and "chipseq" not in n]
 
 
+def task_test_backbone() -> str:
+    """The backbone the task tests build on: ``vheat_test`` when registered, else the first image test variant."""
+    names = image_test_backbones()
+    return "vheat_test" if "vheat_test" in names else names[0]
+
+
 def train_steps(model: torch.nn.Module, step_loss: Callable[[], torch.Tensor], steps: int, lr: float = 3e-3) -> float:
     """Run ``steps`` AdamW steps on ``step_loss()``; return the first loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -8,10 +8,10 @@ import torch
 import rsvheat
 from rsvheat.heads import ChangeHead, ClassificationHead, DetectionHead, MultiLabelHead, SegmentationHead
 from rsvheat.tasks import build_task_model
-from tests.rsvheat.heads._backbones import image_test_backbones, train_steps
+from tests.rsvheat.heads._backbones import image_test_backbones, task_test_backbone, train_steps
 
 BACKBONES = image_test_backbones()
-OVERFIT_BACKBONE = "vheat_test" if "vheat_test" in BACKBONES else BACKBONES[0]
+OVERFIT_BACKBONE = task_test_backbone()
 
 
 def test_every_image_family_is_covered() -> None:
@@ -71,7 +71,8 @@ def _overfit(task: str, num_classes: int | None, inputs: tuple[torch.Tensor, ...
 
 
 def _chans() -> int:
-    return rsvheat.create_model(OVERFIT_BACKBONE).in_chans[rsvheat.create_model(OVERFIT_BACKBONE).default_modality]
+    model = rsvheat.create_model(OVERFIT_BACKBONE)
+    return model.in_chans[model.default_modality]
 
 
 def test_classification_overfits() -> None:
