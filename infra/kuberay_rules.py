@@ -31,6 +31,8 @@ _CRON_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@
 
 def check_name(kind: str, name: Any, path: str = "metadata.name") -> list[Violation]:
     """A KubeRay object name: a DNS-1035 label within the kind's length limit."""
+    if kind not in MAX_NAME_LENGTH:
+        return [Violation("kind", f"expected one of {sorted(MAX_NAME_LENGTH)}, got {kind!r}")]
     if not isinstance(name, str) or not name:
         return [Violation(path, f"a {kind} needs a metadata.name")]
     out = []
