@@ -41,7 +41,9 @@ def _tokenize(rule: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(rule, position)
         if match is None:
-            raise UnsupportedRuleError(rule, f"unexpected text at offset {position}: {rule[position:position + 12]!r}")
+            raise UnsupportedRuleError(
+                rule, f"unexpected text at offset {position}: {rule[position : position + 12]!r}"
+            )
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
         position = match.end()

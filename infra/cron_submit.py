@@ -36,10 +36,14 @@ class SubmitError(RuntimeError):
     """The API server refused or failed a request; the message names the request and the server's answer."""
 
 
-def build_rayjob(template: Mapping[str, Any], name: str, namespace: str, owner_name: str, owner_uid: str) -> dict[str, Any]:
+def build_rayjob(
+    template: Mapping[str, Any], name: str, namespace: str, owner_name: str, owner_uid: str
+) -> dict[str, Any]:
     """The template with this slot's name, namespace, submission id and the CronJob's Job as owner."""
     if template.get("kind") != "RayJob" or template.get("apiVersion") != "ray.io/v1":
-        raise ValueError(f"the template must be a ray.io/v1 RayJob, got {template.get('apiVersion')}/{template.get('kind')}")
+        raise ValueError(
+            f"the template must be a ray.io/v1 RayJob, got {template.get('apiVersion')}/{template.get('kind')}"
+        )
     body = copy.deepcopy(dict(template))
     metadata = body.setdefault("metadata", {})
     metadata["name"] = name
@@ -82,7 +86,9 @@ class ApiClient:
             return True
         if status == 409:
             return False
-        raise SubmitError(f"creating RayJob {namespace}/{body['metadata']['name']}: HTTP {status}: {answer.get('message')}")
+        raise SubmitError(
+            f"creating RayJob {namespace}/{body['metadata']['name']}: HTTP {status}: {answer.get('message')}"
+        )
 
     def get_rayjob(self, namespace: str, name: str) -> dict[str, Any]:
         """The RayJob object, status included."""
@@ -97,7 +103,10 @@ def outcome(rayjob: Mapping[str, Any]) -> int | None:
     status = rayjob.get("status") or {}
     if status.get("jobStatus") == SUCCEEDED:
         return 0
-    if status.get("jobStatus") in FAILED_JOB_STATUSES or status.get("jobDeploymentStatus") in FAILED_DEPLOYMENT_STATUSES:
+    if (
+        status.get("jobStatus") in FAILED_JOB_STATUSES
+        or status.get("jobDeploymentStatus") in FAILED_DEPLOYMENT_STATUSES
+    ):
         return 1
     return None
 
@@ -116,8 +125,10 @@ def wait_for(
         status = client.get_rayjob(namespace, name).get("status") or {}
         current = (status.get("jobDeploymentStatus"), status.get("jobStatus"))
         if current != last:
-            log(f"RayJob {namespace}/{name}: deployment {current[0] or '-'}, job {current[1] or '-'}"
-                + (f" ({status['reason']}: {status.get('message', '')})" if status.get("reason") else ""))
+            log(
+                f"RayJob {namespace}/{name}: deployment {current[0] or '-'}, job {current[1] or '-'}"
+                + (f" ({status['reason']}: {status.get('message', '')})" if status.get("reason") else "")
+            )
             last = current
         result = outcome({"status": status})
         if result is not None:
@@ -144,11 +155,21 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     parser.add_argument("--poll-seconds", type=float, default=30.0)
     parser.add_argument("--no-wait", action="store_true", help="exit once the RayJob exists")
     args = parser.parse_args(argv)
-    missing = [flag for flag, value in (("--job-name", args.job_name), ("--job-uid", args.job_uid),
-                                        ("--namespace", args.namespace), ("--api-server", args.api_server)) if not value]
+    missing = [
+        flag
+        for flag, value in (
+            ("--job-name", args.job_name),
+            ("--job-uid", args.job_uid),
+            ("--namespace", args.namespace),
+            ("--api-server", args.api_server),
+        )
+        if not value
+    ]
     if missing:
-        print(f"cron_submit: missing {', '.join(missing)} (set by the CronJob's downward API env in the pod)",
-              file=sys.stderr)
+        print(
+            f"cron_submit: missing {', '.join(missing)} (set by the CronJob's downward API env in the pod)",
+            file=sys.stderr,
+        )
         return 2
     try:
         template = yaml.safe_load(args.template.read_text())
@@ -161,8 +182,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     client = ApiClient(args.api_server, token, ca_file)
     try:
         created = client.create_rayjob(args.namespace, body)
-        print(f"RayJob {args.namespace}/{args.job_name}: {'created' if created else 'already submitted for this slot'}",
-              flush=True)
+        print(
+            f"RayJob {args.namespace}/{args.job_name}: {'created' if created else 'already submitted for this slot'}",
+            flush=True,
+        )
         if args.no_wait:
             return 0
         return wait_for(client, args.namespace, args.job_name, args.poll_seconds, lambda line: print(line, flush=True))

@@ -37,9 +37,15 @@ def check_name(kind: str, name: Any, path: str = "metadata.name") -> list[Violat
         return [Violation(path, f"a {kind} needs a metadata.name")]
     out = []
     if len(name) > MAX_NAME_LENGTH[kind]:
-        out.append(Violation(path, f"{name!r} is {len(name)} characters; a {kind} name takes at most {MAX_NAME_LENGTH[kind]}"))
+        out.append(
+            Violation(path, f"{name!r} is {len(name)} characters; a {kind} name takes at most {MAX_NAME_LENGTH[kind]}")
+        )
     if not _DNS1035_LABEL.match(name):
-        out.append(Violation(path, f"{name!r} is not a DNS-1035 label (lowercase letters, digits, '-', starting with a letter)"))
+        out.append(
+            Violation(
+                path, f"{name!r} is not a DNS-1035 label (lowercase letters, digits, '-', starting with a letter)"
+            )
+        )
     return out
 
 
@@ -82,7 +88,9 @@ def check_raycluster_spec(spec: Mapping[str, Any], path: str = "spec") -> list[V
         if isinstance(low, int) and isinstance(high, int) and low > high:
             out.append(Violation(where, f"worker group {name}: minReplicas {low} > maxReplicas {high}"))
         if isinstance(replicas, int) and isinstance(low, int) and isinstance(high, int) and not low <= replicas <= high:
-            out.append(Violation(f"{where}.replicas", f"worker group {name}: replicas {replicas} outside [{low}, {high}]"))
+            out.append(
+                Violation(f"{where}.replicas", f"worker group {name}: replicas {replicas} outside [{low}, {high}]")
+            )
         out += _check_group_resources(group, f"worker group {name}", where)
         if group.get("idleTimeoutSeconds") is not None and not autoscaler_v2:
             out.append(Violation(f"{where}.idleTimeoutSeconds", "needs autoscalerOptions.version: v2"))
@@ -97,7 +105,9 @@ def check_raycluster_spec(spec: Mapping[str, Any], path: str = "spec") -> list[V
         if version is None:
             out.append(Violation(f"{path}.rayVersion", "token auth needs rayVersion set (Ray 2.52.0 or later)"))
         elif version < _TOKEN_AUTH_MIN_RAY:
-            out.append(Violation(f"{path}.rayVersion", f"token auth needs Ray 2.52.0 or later, got {spec['rayVersion']}"))
+            out.append(
+                Violation(f"{path}.rayVersion", f"token auth needs Ray 2.52.0 or later, got {spec['rayVersion']}")
+            )
     elif auth.get("enableK8sTokenAuth"):
         out.append(Violation(f"{path}.authOptions", "enableK8sTokenAuth needs mode: token"))
     if spec.get("networkPolicy") is not None:
@@ -160,11 +170,16 @@ def _check_deletion_strategy(spec: Mapping[str, Any], path: str, selector: bool)
             out.append(Violation(f"{where}.deletionRules[{index}]", f"{policy} is not supported with clusterSelector"))
         if autoscaling and policy == "DeleteWorkers":
             out.append(Violation(f"{where}.deletionRules[{index}]", "DeleteWorkers is not supported with autoscaling"))
-        key = ("jobStatus", condition["jobStatus"]) if "jobStatus" in condition else (
-            "jobDeploymentStatus", str(condition.get("jobDeploymentStatus")))
+        key = (
+            ("jobStatus", condition["jobStatus"])
+            if "jobStatus" in condition
+            else ("jobDeploymentStatus", str(condition.get("jobDeploymentStatus")))
+        )
         by_policy = ttls.setdefault(key, {})
         if policy in by_policy:
-            out.append(Violation(f"{where}.deletionRules[{index}]", f"duplicate rule for {policy} on {key[0]} {key[1]}"))
+            out.append(
+                Violation(f"{where}.deletionRules[{index}]", f"duplicate rule for {policy} on {key[0]} {key[1]}")
+            )
         by_policy[str(policy)] = int(condition.get("ttlSeconds", 0))
     for (field, status), by_policy in ttls.items():
         order = [by_policy[name] for name in ("DeleteWorkers", "DeleteCluster", "DeleteSelf") if name in by_policy]
@@ -229,5 +244,7 @@ def check_raycronjob(document: Mapping[str, Any]) -> list[Violation]:
             out.append(Violation("spec.timeZone", f"{zone!r} is not an IANA time zone"))
     template = spec.get("jobTemplate") or {}
     if template.get("jobId") and template.get("clusterSelector"):
-        out.append(Violation("spec.jobTemplate.jobId", "a fixed jobId on a shared cluster makes the second run collide"))
+        out.append(
+            Violation("spec.jobTemplate.jobId", "a fixed jobId on a shared cluster makes the second run collide")
+        )
     return out + check_rayjob_spec(template, "spec.jobTemplate")

@@ -150,7 +150,9 @@ def _check_list_keys(value: list[Any], schema: Mapping[str, Any], path: str, out
                 out.append(Violation(f"{path}[{index}]", f"duplicate value {item!r} in a set-type list"))
 
 
-def _check_string(value: Any, schema: Mapping[str, Any], path: str, out: list[Violation], preserve: bool = False) -> bool:
+def _check_string(
+    value: Any, schema: Mapping[str, Any], path: str, out: list[Violation], preserve: bool = False
+) -> bool:
     if not isinstance(value, str):
         out.append(Violation(path, f"expected a string, got {type(value).__name__} {value!r} (quote it in YAML)"))
         return False

@@ -27,7 +27,9 @@ DEFAULT_KUBERNETES_VERSION = "1.31.0"
 # The CRDs are megabytes of YAML: libyaml's loader reads them in a fraction of the pure-Python time.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _META_KEYS = {"name", "generateName", "namespace", "labels", "annotations", "ownerReferences"}
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 
 
 def load_crd_schemas(directory: str | Path) -> dict[str, Mapping[str, Any]]:
@@ -53,7 +55,11 @@ def check_object_meta(metadata: Any, path: str = "metadata") -> list[Violation]:
     """The parts of ObjectMeta a manifest may set, strictly: known keys, string maps, label key syntax."""
     if not isinstance(metadata, dict):
         return [Violation(path, "metadata must be an object with at least a name")]
-    out = [Violation(f"{path}.{key}", f"unknown or server-set metadata field {key!r}") for key in metadata if key not in _META_KEYS]
+    out = [
+        Violation(f"{path}.{key}", f"unknown or server-set metadata field {key!r}")
+        for key in metadata
+        if key not in _META_KEYS
+    ]
     for field in ("labels", "annotations"):
         values = metadata.get(field, {})
         if not isinstance(values, dict):
@@ -89,7 +95,9 @@ def validate_custom_resource(document: Mapping[str, Any], schema: Mapping[str, A
     return out
 
 
-def validate_builtin(document: Mapping[str, Any], kubernetes_version: str = DEFAULT_KUBERNETES_VERSION) -> list[Violation]:
+def validate_builtin(
+    document: Mapping[str, Any], kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+) -> list[Violation]:
     """A built-in Kubernetes object through kubernetes-validate's strict schemas (unknown keys rejected)."""
     try:
         import kubernetes_validate
@@ -106,7 +114,9 @@ def validate_builtin(document: Mapping[str, Any], kubernetes_version: str = DEFA
 
 
 def validate_documents(
-    documents: Sequence[Any], schemas: Mapping[str, Mapping[str, Any]], kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+    documents: Sequence[Any],
+    schemas: Mapping[str, Mapping[str, Any]],
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION,
 ) -> list[Violation]:
     """Every violation across the documents of one file, prefixed with the document index and kind."""
     out: list[Violation] = []
@@ -127,7 +137,9 @@ def validate_documents(
     return out
 
 
-def validate_file(path: str | Path, schemas: Mapping[str, Mapping[str, Any]], kubernetes_version: str = DEFAULT_KUBERNETES_VERSION) -> None:
+def validate_file(
+    path: str | Path, schemas: Mapping[str, Mapping[str, Any]], kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+) -> None:
     """Raise `ManifestError` listing every violation in the multi-document YAML file at `path`."""
     violations = validate_documents(list(yaml.safe_load_all(Path(path).read_text())), schemas, kubernetes_version)
     if violations:

@@ -23,7 +23,9 @@ def shared_candidates() -> list[Path]:
     candidates = [REPO_ROOT.parent / "shared"]
     common = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if common.returncode == 0 and common.stdout.strip():
         main_checkout = Path(common.stdout.strip()).parent
@@ -38,8 +40,10 @@ def crd_dir() -> Path:
         folder = candidate / "schemas" / "kuberay"
         if folder.is_dir():
             return folder
-    pytest.skip(f"KubeRay CRDs not found under {[str(c) for c in shared_candidates()]}/schemas/kuberay "
-                "(shared/ lies beside the checkout in CI and on developer machines)")
+    pytest.skip(
+        f"KubeRay CRDs not found under {[str(c) for c in shared_candidates()]}/schemas/kuberay "
+        "(shared/ lies beside the checkout in CI and on developer machines)"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,9 @@ from tests.infra.conftest import (
 )
 
 RAY_KINDS = {"RayCluster", "RayJob", "RayCronJob"}
-IMAGE = re.compile(r"^(?P<repo>[a-z0-9./-]+/rsvheat):(?P<version>[0-9.]+)-ray(?P<ray>[0-9.]+)-py311-(?P<variant>cpu|gpu)$")
+IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9./-]+/rsvheat):(?P<version>[0-9.]+)-ray(?P<ray>[0-9.]+)-py311-(?P<variant>cpu|gpu)$"
+)
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 README = (INFRA / "README.md").read_text()
 
@@ -84,8 +86,9 @@ def test_every_manifest_is_valid(path: Path, crd_schemas: Mapping[str, Mapping[s
 
 def test_the_manifests_cover_every_kind_the_deployment_needs() -> None:
     kinds = sorted(document["kind"] for path in K8S_MANIFESTS for document in load_documents(path))
-    assert kinds == sorted(["RayCluster", "RayJob", "RayJob", "RayJob", "RayCronJob",
-                            "ServiceAccount", "Role", "RoleBinding", "CronJob"])
+    assert kinds == sorted(
+        ["RayCluster", "RayJob", "RayJob", "RayJob", "RayCronJob", "ServiceAccount", "Role", "RoleBinding", "CronJob"]
+    )
 
 
 def _schema_keys(value: Any, schema: Mapping[str, Any], path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -112,8 +115,11 @@ def _misspell(document: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]
     return mutated
 
 
-@pytest.mark.parametrize("path", [p for p in K8S_MANIFESTS if any(d["kind"] in RAY_KINDS for d in load_documents(p))],
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path",
+    [p for p in K8S_MANIFESTS if any(d["kind"] in RAY_KINDS for d in load_documents(p))],
+    ids=lambda path: path.name,
+)
 def test_misspelling_any_schema_field_is_caught(path: Path, crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
     for document in load_documents(path):
         if document["kind"] not in RAY_KINDS:
@@ -126,8 +132,9 @@ def test_misspelling_any_schema_field_is_caught(path: Path, crd_schemas: Mapping
             violations = validate_custom_resource(_misspell(document, key_path), schema)
             dotted = ".".join(str(step) for step in key_path[:-1])
             wanted = f"{dotted}.{key_path[-1]}x".lstrip(".")
-            assert any(v.path.replace("[", ".").replace("]", "") == wanted and "unknown field" in v.message
-                       for v in violations), f"{path.name}: renaming {wanted[:-1]} was not caught: {violations}"
+            assert any(
+                v.path.replace("[", ".").replace("]", "") == wanted and "unknown field" in v.message for v in violations
+            ), f"{path.name}: renaming {wanted[:-1]} was not caught: {violations}"
 
 
 def test_a_misspelled_rayjob_field_names_the_right_one(crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
@@ -163,7 +170,9 @@ def _cron_violations(crd_schemas: Mapping[str, Mapping[str, Any]], change: Any) 
     return [str(v) for v in validate_custom_resource(document, crd_schemas["RayCronJob"])]
 
 
-def test_cel_deletion_strategy_rejects_legacy_policies_beside_rules(crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
+def test_cel_deletion_strategy_rejects_legacy_policies_beside_rules(
+    crd_schemas: Mapping[str, Mapping[str, Any]],
+) -> None:
     def both(template: dict[str, Any]) -> None:
         template["deletionStrategy"]["onSuccess"] = {"policy": "DeleteCluster"}
         template["deletionStrategy"]["onFailure"] = {"policy": "DeleteCluster"}
@@ -172,7 +181,9 @@ def test_cel_deletion_strategy_rejects_legacy_policies_beside_rules(crd_schemas:
     assert any("cannot be used together" in m and "(CEL:" in m for m in messages), messages
 
 
-def test_cel_deletion_strategy_needs_both_legacy_policies_or_rules(crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
+def test_cel_deletion_strategy_needs_both_legacy_policies_or_rules(
+    crd_schemas: Mapping[str, Mapping[str, Any]],
+) -> None:
     def only_success(template: dict[str, Any]) -> None:
         template["deletionStrategy"] = {"onSuccess": {"policy": "DeleteCluster"}}
 
@@ -182,11 +193,14 @@ def test_cel_deletion_strategy_needs_both_legacy_policies_or_rules(crd_schemas: 
 
 @pytest.mark.parametrize(
     ("condition", "fragment"),
-    [({"ttlSeconds": 0}, "requires either the JobStatus or the JobDeploymentStatus"),
-     ({"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, "cannot be used together within the same deletion")],
+    [
+        ({"ttlSeconds": 0}, "requires either the JobStatus or the JobDeploymentStatus"),
+        ({"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, "cannot be used together within the same deletion"),
+    ],
 )
-def test_cel_deletion_conditions(condition: dict[str, Any], fragment: str,
-                                 crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
+def test_cel_deletion_conditions(
+    condition: dict[str, Any], fragment: str, crd_schemas: Mapping[str, Mapping[str, Any]]
+) -> None:
     def change(template: dict[str, Any]) -> None:
         template["deletionStrategy"]["deletionRules"][0]["condition"] = condition
 
@@ -212,8 +226,12 @@ def test_operator_rules_catch_what_the_schema_cannot() -> None:
     spec["rayClusterSpec"]["workerGroupSpecs"][0]["minReplicas"] = 9
     spec["runtimeEnvYAML"] = "- not\n- a mapping\n"
     messages = [str(v) for v in kuberay_rules.check_rayjob_spec(spec)]
-    for fragment in ("ttlSecondsAfterFinished: needs shutdownAfterJobFinishes", "token auth needs Ray 2.52.0",
-                     "minReplicas 9 > maxReplicas 8", "must be a YAML mapping"):
+    for fragment in (
+        "ttlSecondsAfterFinished: needs shutdownAfterJobFinishes",
+        "token auth needs Ray 2.52.0",
+        "minReplicas 9 > maxReplicas 8",
+        "must be a YAML mapping",
+    ):
         assert any(fragment in m for m in messages), (fragment, messages)
 
 
@@ -318,7 +336,10 @@ def test_the_raycluster_has_cpu_ingest_and_autoscaled_gpu_groups() -> None:
     groups = {group["groupName"]: group for group in spec["workerGroupSpecs"]}
     assert set(groups) == {"cpu-ingest", "gpu"}
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]
-    assert int(gpu["limits"]["nvidia.com/gpu"]) >= 1 and gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"]
+    assert (
+        int(gpu["limits"]["nvidia.com/gpu"]) >= 1
+        and gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"]
+    )
     assert "nvidia.com/gpu" not in groups["cpu-ingest"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     for group in groups.values():
         assert 0 <= group["minReplicas"] <= group["maxReplicas"] and group["maxReplicas"] > 0
@@ -357,8 +378,9 @@ def test_entrypoints_run_the_job_clis_with_flags_they_accept(name: str, script: 
             assert (REPO_ROOT / following).is_file() or not (REPO_ROOT / script).is_file(), following
     if not (REPO_ROOT / script).is_file():
         pytest.skip(f"{script} is not in this checkout yet (another branch adds it); its flags are checked once it is")
-    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, script, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for flag in flags:
         assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", result.stdout), f"{script} --help does not list {flag}"
@@ -382,7 +404,11 @@ def test_the_fallback_cronjob_is_exclusive_least_privilege_and_outlives_its_rayj
     assert role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get"]}]
     binding = manifest("cronjob-ingest.yaml", "RoleBinding")
     account = manifest("cronjob-ingest.yaml", "ServiceAccount")["metadata"]["name"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "rsvheat"}]
     job = cron["jobTemplate"]["spec"]
     pod = job["template"]["spec"]

@@ -11,8 +11,11 @@ from infra import cel
 from infra.errors import UnsupportedRuleError
 from infra.strict_schema import walk
 
-QUANTITY = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE])?$"}
+QUANTITY = {
+    "x-kubernetes-int-or-string": True,
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE])?$",
+}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name"],
@@ -28,8 +31,11 @@ SCHEMA: dict[str, Any] = {
             "type": "array",
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["port", "protocol"],
-            "items": {"type": "object", "required": ["port"],
-                      "properties": {"port": {"type": "integer"}, "protocol": {"type": "string", "default": "TCP"}}},
+            "items": {
+                "type": "object",
+                "required": ["port"],
+                "properties": {"port": {"type": "integer"}, "protocol": {"type": "string", "default": "TCP"}},
+            },
         },
         "maybe": {"type": "string", "nullable": True},
     },
@@ -41,18 +47,34 @@ def messages(value: Any, schema: Mapping[str, Any] = SCHEMA) -> list[str]:
 
 
 def test_a_valid_document_has_no_violation() -> None:
-    assert messages({"name": "a", "replicas": 2, "mode": "token", "enabled": True, "limits": {"cpu": "500m", "gpu": 1},
-                     "free": {"anything": {"goes": [1]}}, "ports": [{"port": 80}, {"port": 80, "protocol": "UDP"}],
-                     "maybe": None}) == []
+    assert (
+        messages(
+            {
+                "name": "a",
+                "replicas": 2,
+                "mode": "token",
+                "enabled": True,
+                "limits": {"cpu": "500m", "gpu": 1},
+                "free": {"anything": {"goes": [1]}},
+                "ports": [{"port": 80}, {"port": 80, "protocol": "UDP"}],
+                "maybe": None,
+            }
+        )
+        == []
+    )
 
 
 def test_unknown_keys_are_rejected_with_a_suggestion() -> None:
     found = messages({"name": "a", "replica": 2})
-    assert found == ["replica: unknown field 'replica' (the API server would silently drop it); did you mean 'replicas'?"]
+    assert found == [
+        "replica: unknown field 'replica' (the API server would silently drop it); did you mean 'replicas'?"
+    ]
 
 
 def test_an_object_without_properties_takes_no_keys_but_preserve_unknown_fields_takes_all() -> None:
-    assert messages({"name": "a", "empty": {"x": 1}}) == ["empty.x: unknown field 'x': this object takes no fields in the schema"]
+    assert messages({"name": "a", "empty": {"x": 1}}) == [
+        "empty.x: unknown field 'x': this object takes no fields in the schema"
+    ]
     assert messages({"name": "a", "free": {"x": {"y": None}}}) == []
 
 
@@ -129,8 +151,14 @@ def _sample_values(path: str) -> list[Any]:
     """Values that make every CEL rule of the KubeRay CRDs both pass and fail (for the subset-coverage check)."""
     if path.endswith("managedBy"):
         return ["ray.io/kuberay-operator", "someone-else"]
-    return [{}, {"onSuccess": {}, "onFailure": {}}, {"deletionRules": []}, {"onSuccess": {}, "deletionRules": []},
-            {"jobStatus": "FAILED"}, {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}]
+    return [
+        {},
+        {"onSuccess": {}, "onFailure": {}},
+        {"deletionRules": []},
+        {"onSuccess": {}, "deletionRules": []},
+        {"jobStatus": "FAILED"},
+        {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"},
+    ]
 
 
 def test_every_cel_rule_in_the_crds_is_evaluable_offline(crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
