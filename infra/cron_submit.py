@@ -26,14 +26,12 @@ from typing import Any
 
 import yaml
 
+from infra.errors import SubmitError
+
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SUCCEEDED = "SUCCEEDED"
 FAILED_JOB_STATUSES = {"FAILED", "STOPPED"}
 FAILED_DEPLOYMENT_STATUSES = {"Failed", "ValidationFailed"}
-
-
-class SubmitError(RuntimeError):
-    """The API server refused or failed a request; the message names the request and the server's answer."""
 
 
 def build_rayjob(
@@ -86,15 +84,13 @@ class ApiClient:
             return True
         if status == 409:
             return False
-        raise SubmitError(
-            f"creating RayJob {namespace}/{body['metadata']['name']}: HTTP {status}: {answer.get('message')}"
-        )
+        raise SubmitError(f"creating RayJob {namespace}/{body['metadata']['name']}", status, answer.get("message"))
 
     def get_rayjob(self, namespace: str, name: str) -> dict[str, Any]:
         """The RayJob object, status included."""
         status, answer = self._request("GET", f"/apis/ray.io/v1/namespaces/{namespace}/rayjobs/{name}")
         if status != 200:
-            raise SubmitError(f"reading RayJob {namespace}/{name}: HTTP {status}: {answer.get('message')}")
+            raise SubmitError(f"reading RayJob {namespace}/{name}", status, answer.get("message"))
         return answer
 
 

@@ -33,3 +33,12 @@ class UnsupportedRuleError(ValueError):
     def __init__(self, rule: str, detail: str) -> None:
         self.rule = rule
         super().__init__(f"CEL rule {rule!r} is outside the offline subset ({detail}); extend infra/cel.py")
+
+
+class SubmitError(RuntimeError):
+    """The Kubernetes API server refused or failed a request; names the request and the server's answer."""
+
+    def __init__(self, action: str, status: int, message: object) -> None:
+        self.action = action
+        self.status = status
+        super().__init__(f"{action}: HTTP {status}: {message}")

@@ -168,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, yaml.YAMLError) as error:
             print(f"{path}: cannot read: {error}", file=sys.stderr)
             return 2
+        except SchemaDirectoryError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            return 2
         else:
             print(f"{path}: ok")
     return 1 if failed else 0

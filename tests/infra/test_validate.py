@@ -29,3 +29,12 @@ def test_a_broken_manifest_fails_with_every_problem_listed(
 def test_a_missing_crd_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--crds", str(tmp_path / "nope"), str(K8S_MANIFESTS[0])]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_a_crd_folder_without_the_kind_is_a_usage_error(
+    crd_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rayclusters.yaml").write_text((crd_dir / "ray.io_rayclusters.yaml").read_text())
+    rayjob = next(path for path in K8S_MANIFESTS if path.name == "rayjob-pretrain.yaml")
+    assert main(["--crds", str(tmp_path), str(rayjob)]) == 2
+    assert "has no CRD for RayJob" in capsys.readouterr().err
