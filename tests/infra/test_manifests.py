@@ -427,3 +427,19 @@ def test_every_manifest_lives_in_the_rsvheat_namespace() -> None:
     for path in K8S_MANIFESTS:
         for document in load_documents(path):
             assert document["metadata"]["namespace"] == "rsvheat", path.name
+
+
+def test_runtime_envs_are_valid_for_ray_and_run_from_the_image_project_folder() -> None:
+    import yaml
+    from ray.runtime_env import RuntimeEnv
+
+    workdir = next(
+        line.split()[1] for line in (INFRA / "Dockerfile").read_text().splitlines() if line.startswith("WORKDIR ")
+    )
+    for where, job in job_specs():
+        env = yaml.safe_load(job["runtimeEnvYAML"])
+        assert set(env) <= set(RuntimeEnv.known_fields), (
+            f"{where}: unknown runtime_env keys {set(env) - set(RuntimeEnv.known_fields)}"
+        )
+        assert env["working_dir"] == workdir, f"{where}: the submitter uploads the image's {workdir}"
+        RuntimeEnv(**{**env, "working_dir": str(REPO_ROOT)})  # Ray's own validation (the path must exist here)

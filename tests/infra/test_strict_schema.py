@@ -38,6 +38,8 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "maybe": {"type": "string", "nullable": True},
+        "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+        "either": {"anyOf": [{"type": "integer"}, {"type": "boolean"}]},
     },
 }
 
@@ -58,6 +60,8 @@ def test_a_valid_document_has_no_violation() -> None:
                 "free": {"anything": {"goes": [1]}},
                 "ports": [{"port": 80}, {"port": 80, "protocol": "UDP"}],
                 "maybe": None,
+                "tags": ["x", "y"],
+                "either": False,
             }
         )
         == []
@@ -95,6 +99,8 @@ def test_an_object_without_properties_takes_no_keys_but_preserve_unknown_fields_
         ({"name": "a", "ports": [{"port": 80}, {"port": 80, "protocol": "TCP"}]}, "ports[1]: duplicates item 0"),
         ({"name": "a", "ports": [{"protocol": "TCP"}]}, "ports[0].port: required field is missing"),
         ({"name": "a", "ports": {"port": 80}}, "ports: expected a list"),
+        ({"name": "a", "tags": ["x", "y", "x"]}, "tags[2]: duplicate value 'x' in a set-type list"),
+        ({"name": "a", "either": "no"}, "either: matches none of the 2 anyOf branches"),
     ],
 )
 def test_each_kind_of_violation_is_reported_at_its_path(document: dict[str, Any], expected: str) -> None:
