@@ -3,7 +3,8 @@
     python -m infra.validate --crds DIR infra/k8s/*.yaml
 
 KubeRay kinds are walked strictly against the CRDs' `v1` `openAPIV3Schema` found in DIR (unknown keys, types, CEL
-rules; infra/strict_schema.py) and then checked against the operator's admission rules (infra/kuberay_rules.py).
+rules; infra/strict_schema.py), then checked against the operator's admission rules (infra/kuberay_rules.py) and
+their `rayStartParams` against the installed Ray's `ray start` options (infra/ray_start.py).
 Built-in kinds (CronJob, Role, ...) go through `kubernetes-validate --strict` when it is installed. Exit status 0 when
 every document is valid, 1 when any is not, 2 for a usage error (no CRD folder, unreadable file).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from infra import kuberay_rules
+from infra import kuberay_rules, ray_start
 from infra.errors import ManifestError, SchemaDirectoryError
 from infra.strict_schema import Violation, walk
 
@@ -92,6 +93,8 @@ def validate_custom_resource(document: Mapping[str, Any], schema: Mapping[str, A
         out += kuberay_rules.check_rayjob_spec(spec)
     elif kind == "RayCronJob":
         out += kuberay_rules.check_raycronjob(document)
+    for path, cluster in ray_start.cluster_specs(document):
+        out += ray_start.check_ray_start_params(cluster, path)
     return out
 
 

@@ -443,3 +443,10 @@ def test_runtime_envs_are_valid_for_ray_and_run_from_the_image_project_folder() 
         )
         assert env["working_dir"] == workdir, f"{where}: the submitter uploads the image's {workdir}"
         RuntimeEnv(**{**env, "working_dir": str(REPO_ROOT)})  # Ray's own validation (the path must exist here)
+
+
+def test_a_misspelled_ray_start_option_is_caught(crd_schemas: Mapping[str, Mapping[str, Any]]) -> None:
+    document = manifest("raycluster.yaml")
+    document["spec"]["headGroupSpec"]["rayStartParams"] = {"num-cpu": "0", "dashboard-host": "0.0.0.0"}
+    messages = [str(v) for v in validate_custom_resource(document, crd_schemas["RayCluster"])]
+    assert messages == ["spec.headGroupSpec.rayStartParams.num-cpu: not a `ray start` option; did you mean 'num-cpus'?"]
