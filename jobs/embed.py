@@ -29,11 +29,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/embed.py` (also under `ray job submit --working-dir .`)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs._config import ConfigError, parse_config, to_dict
+from jobs._model_io import CheckpointBlob, load_model, read_checkpoint, stem_stats
 from jobs._ray import init_ray
 from pipeline.dataset import Normalizer, read_dataset_json
 from pipeline.manifest import OutputStore, _geo_metadata
@@ -69,7 +68,9 @@ class EmbedConfig:
     modality: str | None = field(default=None, metadata={"help": "stem to use (default: the one whose bands match)"})
     batch_size: int = field(default=16, metadata={"help": "chips per forward pass"})
     workers: int = field(default=1, metadata={"help": "embedding actors (each loads the model once)"})
-    use_gpu: bool | None = field(default=None, metadata={"help": "one GPU per actor (default: when the cluster has one)"})
+    use_gpu: bool | None = field(
+        default=None, metadata={"help": "one GPU per actor (default: when the cluster has one)"}
+    )
     s3_endpoint: str | None = field(default=None, metadata={"help": "S3 endpoint URL; default AWS_ENDPOINT_URL"})
 
 
@@ -102,14 +103,9 @@ class ChipEmbedder:
     ) -> None:
         import torch
 
-        import rsvheat
-
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
-            handle.write(checkpoint)
-            handle.flush()
-            model, _ = rsvheat.load_checkpoint(handle.name, map_location="cpu")
+        model, _ = load_model(checkpoint)
         self.encoder = getattr(model, "encoder", model).to(self.device).eval()
         self.modality = modality
         self.normalize = Normalizer(mean, std)
@@ -127,29 +123,6 @@ class ChipEmbedder:
             "chip_id": np.asarray(batch.column("chip_id").to_pylist(), dtype=object),
             "embedding": pooled.cpu().numpy(),
         }
-
-
-def _read_uri(uri: str, s3_endpoint: str | None) -> bytes:
-    """The bytes of a local file or an ``s3://`` object."""
-    if uri.startswith("s3://"):
-        parent, _, name = uri.rstrip("/").rpartition("/")
-        return OutputStore.open(parent, s3_endpoint=s3_endpoint).read_bytes(name)
-    path = Path(uri)
-    if not path.is_file():
-        raise ConfigError(f"--model {uri} is not a file; pass an rsvheat checkpoint (e.g. the encoder.pt of a pretrain run)")
-    return path.read_bytes()
-
-
-def _checkpoint_meta(blob: bytes, uri: str) -> dict[str, Any]:
-    import rsvheat
-
-    with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
-        handle.write(blob)
-        handle.flush()
-        try:
-            return rsvheat.load_checkpoint_meta(handle.name)
-        except Exception as err:  # unpickling refused, not a checkpoint, wrong format version
-            raise ConfigError(f"--model {uri} cannot be read as an rsvheat checkpoint: {err}") from err
 
 
 def _pick_collection(meta: Mapping[str, Any], wanted: str | None, data: str) -> str:
@@ -183,18 +156,18 @@ def _pick_modality(ckpt: Mapping[str, Any], bands: Sequence[str], wanted: str | 
     )
 
 
-def plan_embedding(cfg: EmbedConfig, checkpoint: bytes) -> EmbedPlan:
+def plan_embedding(cfg: EmbedConfig, checkpoint: CheckpointBlob) -> EmbedPlan:
     """Resolve collection, stem, stats and shards, or raise :class:`ConfigError` naming what does not fit."""
     dataset = read_dataset_json(cfg.data, s3_endpoint=cfg.s3_endpoint)
     collection = _pick_collection(dataset, cfg.collection, cfg.data)
     entry = dataset["collections"][collection]
     if not entry.get("shards"):
         raise ConfigError(f"collection {collection!r} of {cfg.data} has no written chips; nothing to embed")
-    ckpt = _checkpoint_meta(checkpoint, cfg.model)
+    ckpt = checkpoint.meta
     modality = _pick_modality(ckpt, entry["bands"], cfg.modality, cfg.model)
-    stats = (ckpt.get("stats") or {}).get(modality)
+    stats = stem_stats(ckpt, modality)
     if stats:
-        mean, std, source = list(stats["mean"]), list(stats["std"]), f"checkpoint (hash {ckpt.get('stats_hash')})"
+        (mean, std), source = stats, f"checkpoint (hash {ckpt.get('stats_hash')})"
     else:
         mean, std, source = list(entry["stats"]["mean"]), list(entry["stats"]["std"]), "dataset.json"
         log.warning("%s carries no normalisation stats for %r; normalising with the dataset's own", cfg.model, modality)
@@ -202,7 +175,7 @@ def plan_embedding(cfg: EmbedConfig, checkpoint: bytes) -> EmbedPlan:
         collection=collection,
         modality=modality,
         model_name=str(ckpt["model"]),
-        checkpoint_sha256=hashlib.sha256(checkpoint).hexdigest(),
+        checkpoint_sha256=checkpoint.sha256,
         mean=mean,
         std=std,
         stats_source=source,
@@ -258,7 +231,7 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     import ray
 
     start = time.perf_counter()
-    checkpoint = _read_uri(cfg.model, cfg.s3_endpoint)
+    checkpoint = read_checkpoint(cfg.model, s3_endpoint=cfg.s3_endpoint)
     plan = plan_embedding(cfg, checkpoint)
     log.info(
         "embedding %s with %s (stem %r, stats from %s, sha256 %s)",
@@ -275,7 +248,11 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     ds = ds.map_batches(  # [3] an actor pool: the model is loaded once per actor, on its GPU when there is one
         ChipEmbedder,
         fn_constructor_kwargs={
-            "checkpoint": checkpoint, "modality": plan.modality, "mean": plan.mean, "std": plan.std, "use_gpu": use_gpu,
+            "checkpoint": checkpoint.data,
+            "modality": plan.modality,
+            "mean": plan.mean,
+            "std": plan.std,
+            "use_gpu": use_gpu,
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
