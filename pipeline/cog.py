@@ -225,6 +225,12 @@ class AssetReader:
             self._ds.close()
             raise
 
+    @property
+    def nodata(self) -> float | None:
+        """The file's own nodata value (band 1), if its header has one."""
+        value = self._ds.nodata
+        return None if value is None else float(value)
+
     def _env(self) -> rasterio.Env:
         return rasterio.Env(session=self._session, **self._options)
 

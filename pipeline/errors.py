@@ -11,6 +11,7 @@ __all__ = [
     "CRSNotFoundError",
     "GridMismatchError",
     "InvalidItemError",
+    "LabelError",
     "PipelineError",
     "RasterReadError",
     "STACAPIError",
@@ -68,3 +69,7 @@ class SensorConfigError(PipelineError, ValueError):
 class SampleDataError(PipelineError, RuntimeError):
     """The real sample data could not be fetched from the package registry or converted (pipeline/samples.py)."""
 
+
+
+class LabelError(PipelineError, ValueError):
+    """A label source does not fit the dataset: wrong CRS, classes missing from the class list, covers no chip."""

@@ -23,7 +23,7 @@ from pipeline.grid import PixelGrid, cell_key, chip_footprint, chip_offsets, chi
 from pipeline.quality import cloud_percent, nodata_percent, quality_fill, quality_masks
 from pipeline.records import Chip, ResolvedBand, ResolvedItem
 
-__all__ = ["DB_FLOOR", "convert_band", "cut_item", "reference_grid"]
+__all__ = ["DB_FLOOR", "convert_band", "cut_item", "reference_grid", "scene_grid"]
 
 # Linear backscatter <= 0 has no dB value; Clay clips to 1e-10 (-100 dB) before log10.
 DB_FLOOR = 1e-10
@@ -244,6 +244,21 @@ def cut_item(
                     cloud_pct=cloud_pct,
                     footprint_wkb=shapely.to_wkb(chip_footprint(ref.epsg, transform, chip_size, chip_size)),
                 )
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
+def scene_grid(item: ResolvedItem, *, gdal_env: Mapping[str, object] | None = None) -> PixelGrid:
+    """The grid :func:`cut_item` chips on (the finest band's), read from the file headers only.
+
+    Raises:
+        RasterReadError: an asset cannot be opened.
+        CRSNotFoundError: an asset has no usable projected CRS.
+    """
+    readers = _open_readers(item, gdal_env)
+    try:
+        return reference_grid(item, {href: r.grid for href, r in readers.items()})
     finally:
         for reader in readers.values():
             reader.close()
