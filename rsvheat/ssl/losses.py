@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
 from rsvheat.layers.dct import dct2d
@@ -85,11 +86,33 @@ def frequency_loss(
     return loss
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather of equal-shaped ``(B, D)`` rows whose backward returns this rank's slice of the summed gradient.
+
+    NOTE: the backward all-reduces the full gradient and slices it (gloo has no reduce-scatter); for embeddings of
+    a few hundred floats per row the extra volume is negligible.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        ctx.rank, ctx.rows = rank, rows.shape[0]
+        out = torch.empty((world * rows.shape[0], *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        dist.all_gather_into_tensor(out, rows.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's use of every row, summed
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' rows of ``z`` concatenated in rank order, with gradient flowing back to each rank's own rows.
 
     Ranks may hold different batch sizes (rows are padded for the collective and trimmed after). Without an
-    initialised process group (or with one rank) ``z`` is returned as is.
+    initialised process group (or with one rank) ``z`` is returned as is. Every rank must call this collectively.
 
     Returns:
         ``(z_all, offset)``: ``(ΣB_r, D)`` and the index of this rank's first row in ``z_all``.
@@ -98,12 +121,12 @@ def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
         return z, 0
     world, rank = dist.get_world_size(), dist.get_rank()
     size = torch.tensor([z.shape[0]], device=z.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s) for s in sizes]
+    sizes = torch.empty(world, device=z.device, dtype=torch.long)
+    dist.all_gather_into_tensor(sizes, size)
+    counts = [int(s) for s in sizes.tolist()]
     longest = max(counts)
     padded = F.pad(z, (0, 0, 0, longest - z.shape[0]))  # (B_r, D) -> (B_max, D)
-    gathered = dist_fn.all_gather(padded)  # world × (B_max, D), differentiable
+    gathered = _GatherRows.apply(padded).reshape(world, longest, *z.shape[1:])  # (world·B_max, D) -> (world, B_max, D)
     z_all = torch.cat([part[:count] for part, count in zip(gathered, counts, strict=True)])
     return z_all, sum(counts[:rank])
 
