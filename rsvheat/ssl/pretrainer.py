@@ -101,7 +101,7 @@ class FrequencyPretrainer(nn.Module):
         if not feature_info or not callable(getattr(encoder, "forward_features", None)):
             raise ValueError(
                 f"{type(encoder).__name__} has no dense `feature_info` / `forward_features`; frequency pretraining "
-                "needs an image backbone (vHeat, RS-vHeat, Heracles)."
+                "needs an image backbone with dense `feature_info` (vHeat, RS-vHeat, Heracles)."
             )
         if getattr(encoder, "num_classes", 0):
             raise ValueError(
@@ -248,7 +248,10 @@ def _create_encoder(backbone: str, in_chans: Mapping[str, int], backbone_kwargs:
         return create_model(backbone, in_chans=dict(in_chans), **backbone_kwargs)
     except TypeError as err:
         if "unexpected keyword argument" not in str(err):
-            raise
+            raise ValueError(
+                f"{backbone!r} cannot be built with in_chans={dict(in_chans)} ({err}); frequency pretraining needs "
+                "an image backbone with one stem per modality and dense `feature_info` (vHeat, RS-vHeat, Heracles)."
+            ) from err
         with torch.device("meta"):  # a parameter-free probe, only to read the constructor's signature
             probe = create_model(backbone, in_chans=dict(in_chans))
         params = inspect.signature(type(probe).__init__).parameters.values()
