@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsvheat.layers.norm import LayerNorm2d
-from rsvheat.ssl.errors import UnknownOptionError
+from rsvheat.ssl._options import options_from_dict, options_to_dict
 
 __all__ = [
     "DecoderConfig",
@@ -29,14 +29,6 @@ __all__ = [
     "ReconstructionDecoder",
     "halving_sizes",
 ]
-
-
-def _from_dict(cls: type, block: str, options: Mapping[str, Any] | None) -> Any:
-    options = dict(options or {})
-    known = {f.name for f in fields(cls)}
-    if unknown := set(options) - known:
-        raise UnknownOptionError(block, unknown, known)
-    return cls(**options)
 
 
 @dataclass(frozen=True)
@@ -59,11 +51,11 @@ class DecoderConfig:
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | None) -> DecoderConfig:
         """From a user mapping; unknown keys raise :class:`UnknownOptionError`."""
-        return _from_dict(cls, "decoder", options)  # type: ignore[no-any-return]
+        return options_from_dict(cls, "decoder", options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
-        return {"fuse_dim": self.fuse_dim, "widths": list(self.widths)}
+        return options_to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -87,11 +79,11 @@ class ProjectionConfig:
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | None) -> ProjectionConfig:
         """From a user mapping; unknown keys raise :class:`UnknownOptionError`."""
-        return _from_dict(cls, "projection", options)  # type: ignore[no-any-return]
+        return options_from_dict(cls, "projection", options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
-        return {"hidden": self.hidden, "dim": self.dim, "predictor_hidden": self.predictor_hidden}
+        return options_to_dict(self)
 
 
 def halving_sizes(height: int, width: int, steps: int) -> list[tuple[int, int]]:

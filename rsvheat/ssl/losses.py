@@ -131,9 +131,7 @@ def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     return z_all, sum(counts[:rank])
 
 
-def info_nce(
-    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1, *, gather: bool = True
-) -> torch.Tensor:
+def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1, *, gather: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE ``½[CE(S, I) + CE(Sᵀ, I)]`` with ``S_ij = cos(z_i^a, z_j^b) / τ``.
 
     Row ``i`` of ``z_a`` and row ``i`` of ``z_b`` are positives; every other row (on every rank when ``gather`` and
@@ -146,7 +144,9 @@ def info_nce(
         gather: gather negatives across ranks (with gradient).
     """
     if z_a.shape != z_b.shape or z_a.ndim != 2:
-        raise ValueError(f"InfoNCE needs two (B, D) embeddings of one shape; got {tuple(z_a.shape)}, {tuple(z_b.shape)}.")
+        raise ValueError(
+            f"InfoNCE needs two (B, D) embeddings of one shape; got {tuple(z_a.shape)}, {tuple(z_b.shape)}."
+        )
     if temperature <= 0:
         raise ValueError(f"InfoNCE temperature must be > 0, got {temperature}.")
     z_a, z_b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)

@@ -18,16 +18,17 @@ their chip sizes differ. Everything is deterministic for a given ``torch.Generat
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from rsvheat.layers.dct import dct2d, idct2d
-from rsvheat.ssl.errors import UnknownOptionError
+from rsvheat.ssl._options import options_from_dict, options_to_dict
 
 __all__ = [
     "FrequencyMasking",
@@ -102,15 +103,11 @@ class MaskingConfig:
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | None) -> MaskingConfig:
         """Build from a user mapping (e.g. YAML); unknown keys raise :class:`UnknownOptionError` listing the known."""
-        options = dict(options or {})
-        known = {f.name for f in fields(cls)}
-        if unknown := set(options) - known:
-            raise UnknownOptionError("masking", unknown, known)
-        return cls(**options)
+        return options_from_dict(cls, "masking", options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy (for checkpoints and logs)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return options_to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -168,7 +165,7 @@ def band_masks(distance: torch.Tensor, radii: torch.Tensor, *, annulus: bool = F
     else:
         edges = [None, *r.unbind(1), None]  # each (B, 1, 1)
         masks = []
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        for lo, hi in itertools.pairwise(edges):
             keep = dc.expand(r.shape[0], -1, -1, -1)
             inside = torch.ones_like(keep)
             if lo is not None:

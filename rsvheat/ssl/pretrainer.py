@@ -113,7 +113,9 @@ class FrequencyPretrainer(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature={temperature!r}; expected > 0.")
         self.encoder = encoder
-        self.masking = FrequencyMasking(masking if isinstance(masking, MaskingConfig) else MaskingConfig.from_dict(masking))
+        self.masking = FrequencyMasking(
+            masking if isinstance(masking, MaskingConfig) else MaskingConfig.from_dict(masking)
+        )
         self.decoder_config = decoder if isinstance(decoder, DecoderConfig) else DecoderConfig.from_dict(decoder)
         self.projection_config = (
             projection if isinstance(projection, ProjectionConfig) else ProjectionConfig.from_dict(projection)
@@ -165,9 +167,13 @@ class FrequencyPretrainer(nn.Module):
         sizes = set()
         for name, x in batch.items():
             if name not in self.encoder.in_chans:
-                raise ValueError(f"Batch modality {name!r} has no stem; the encoder's modalities: {list(self.encoder.in_chans)}.")
+                raise ValueError(
+                    f"Batch modality {name!r} has no stem; the encoder's modalities: {list(self.encoder.in_chans)}."
+                )
             if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-                raise ValueError(f"batch[{name!r}] must be a float (B, C, H, W) tensor, got {getattr(x, 'shape', x)!r}.")
+                raise ValueError(
+                    f"batch[{name!r}] must be a float (B, C, H, W) tensor, got {getattr(x, 'shape', x)!r}."
+                )
             sizes.add(int(x.shape[0]))
         if len(sizes) != 1:
             raise ValueError(

@@ -71,7 +71,7 @@ def test_frequency_loss_skips_chips_over_20_percent_invalid() -> None:
 def test_frequency_loss_asserts_finite() -> None:
     pred = torch.zeros(1, 1, 8, 8)
     pred[0, 0, 3, 3] = float("inf")
-    with pytest.raises(NonFiniteLossError, match="'fre' is not finite"):
+    with pytest.raises(NonFiniteLossError, match=r"'fre' is not finite"):
         frequency_loss(pred, torch.zeros(1, 1, 8, 8))
 
 
@@ -90,7 +90,7 @@ def test_info_nce_vanishes_for_identical_separated_pairs_and_is_symmetric() -> N
     z_a, z_b = torch.randn(8, 32, generator=gen), torch.randn(8, 32, generator=gen)
     torch.testing.assert_close(info_nce(z_a, z_b), info_nce(z_b, z_a))
     assert float(info_nce(z_a, z_a + 0.01 * z_b)) < float(info_nce(z_a, z_b))  # positives close -> lower loss
-    with pytest.raises(ValueError, match="two \\(B, D\\) embeddings"):
+    with pytest.raises(ValueError, match=r"two \(B, D\) embeddings"):
         info_nce(z_a, z_b[:4])
 
 

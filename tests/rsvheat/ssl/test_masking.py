@@ -41,7 +41,9 @@ def test_low_plus_high_minus_x_is_the_dc_image(height: int, width: int) -> None:
     assert high_spec.masked_select(((d > 0) & (d < r)).expand_as(high_spec)).abs().max() <= 1e-9
     # and they are not empty: the kept coefficients are the input's
     x_spec = _spectrum(x)
-    torch.testing.assert_close(low_spec.masked_select((d <= r).expand_as(x_spec)), x_spec.masked_select((d <= r).expand_as(x_spec)))
+    torch.testing.assert_close(
+        low_spec.masked_select((d <= r).expand_as(x_spec)), x_spec.masked_select((d <= r).expand_as(x_spec))
+    )
 
 
 def test_nested_bands_partition_the_spectrum_and_each_keeps_dc() -> None:
@@ -80,7 +82,7 @@ def test_annulus_mode_splits_out_a_random_ring() -> None:
     inside = (distance > a1[:, None, None, None]) & (distance < a2[:, None, None, None])
     spec = _spectrum(outer)
     assert spec.masked_select(inside.expand_as(spec)).abs().max() <= 1e-9
-    with pytest.raises(ValueError, match="annulus=True makes exactly 2 views"):
+    with pytest.raises(ValueError, match=r"annulus=True makes exactly 2 views"):
         MaskingConfig(annulus=True, num_bands=3)
 
 
@@ -109,7 +111,9 @@ def test_a_pair_shares_rho() -> None:
     batch = {"optical": torch.randn(6, 3, 32, 32), "sar": torch.randn(6, 2, 32, 32)}
     views, draw = pretrainer.make_views(batch, generator=torch.Generator().manual_seed(0))
     assert len(set(draw.rho.tolist())) >= 4
-    supports = {name: _spectrum(v[0]).abs().amax(dim=1) > 1e-6 for name, v in views.items()}  # (B, H, W) low-view support
+    supports = {
+        name: _spectrum(v[0]).abs().amax(dim=1) > 1e-6 for name, v in views.items()
+    }  # (B, H, W) low-view support
     assert torch.equal(supports["optical"], supports["sar"])
     # one radius per sample, shared by the pair: as many distinct supports as distinct ρ
     assert len({int(s.sum()) for s in supports["optical"]}) == len(set(draw.rho.tolist()))
@@ -167,10 +171,10 @@ def test_invalid_pixels_are_zeroed_before_the_dct() -> None:
 
 
 def test_masking_config_rejects_unknown_and_bad_options() -> None:
-    with pytest.raises(UnknownOptionError, match="'radius'.*known masking options: annulus, area_max"):
+    with pytest.raises(UnknownOptionError, match=r"'radius'.*known masking options: annulus, area_max"):
         MaskingConfig.from_dict({"radius": "diag"})
-    with pytest.raises(ValueError, match="pad_mode='wrap'"):
+    with pytest.raises(ValueError, match=r"pad_mode='wrap'"):
         MaskingConfig(pad_mode="wrap")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="num_bands=1"):
+    with pytest.raises(ValueError, match=r"num_bands=1"):
         MaskingConfig(num_bands=1)
     assert MaskingConfig.from_dict(MaskingConfig(num_bands=3).to_dict()) == MaskingConfig(num_bands=3)
