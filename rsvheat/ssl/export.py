@@ -88,13 +88,18 @@ class EncoderTransfer:
         loaded: target keys filled from the checkpoint.
         resized: the subset of ``loaded`` resized to the target's shape.
         new_stems: target stems the checkpoint has no weights for (left as initialised).
+        new_heads: target classifier keys (``head.*``, ``aux_head.*``) left as initialised.
         skipped_stems: checkpoint stems that do not fit the target (absent, or another band count).
     """
 
     loaded: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
     new_stems: list[str] = field(default_factory=list)
+    new_heads: list[str] = field(default_factory=list)
     skipped_stems: list[str] = field(default_factory=list)
+
+
+_HEAD_MODULES = ("head", "aux_head")  # a backbone's own classifier: never pretrained, so fresh when present
 
 
 def _stem_name(key: str) -> str | None:
@@ -125,8 +130,9 @@ def load_encoder_weights(
 ) -> EncoderTransfer:
     """Load an exported encoder into ``target`` (a registry backbone, or a task model's ``.encoder``).
 
-    Every non-stem key must exist in both with the same shape, except size-bound parameters, which are resized.
-    Stems are matched by name and band count; the others are reported, not loaded.
+    Every trunk key must exist in both with the same shape, except size-bound parameters, which are resized.
+    Stems are matched by name and band count; the others are reported, not loaded. A classifier head of the target
+    (``num_classes > 0``) keeps its initialisation.
 
     Args:
         target: the backbone to fill; may have other stems and another ``img_size`` than the checkpoint.
@@ -152,7 +158,8 @@ def load_encoder_weights(
     }
     report.new_stems = sorted(target_stems - fitting)
     report.skipped_stems = sorted(source_stems - fitting)
-    missing = [k for k in own if _stem_name(k) is None and k not in state]
+    report.new_heads = [k for k in own if k.split(".")[0] in _HEAD_MODULES and k not in state]
+    missing = [k for k in own if _stem_name(k) is None and k not in state and k not in report.new_heads]
     if missing:
         raise ValueError(
             f"The checkpoint lacks {len(missing)} trunk tensors of the target, e.g. {missing[:3]}; it was trained "

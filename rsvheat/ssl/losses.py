@@ -32,11 +32,6 @@ __all__ = [
 MAX_INVALID_FOR_FRE = 0.2  # chips with a larger invalid fraction get no L_fre (docs/pretraining.md §6)
 
 
-def _zero_like_graph(x: torch.Tensor) -> torch.Tensor:
-    """A 0 that keeps ``x`` in the autograd graph (so every rank's backward visits the same parameters)."""
-    return x.sum() * 0.0
-
-
 def spatial_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_valid |x̂ − x|`` over valid pixels and bands of ``(B, C, H, W)`` images; 0 when nothing is valid.
 
@@ -45,12 +40,14 @@ def spatial_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor |
     """
     if pred.shape != target.shape:
         raise ValueError(f"L_spa needs equal shapes; prediction {tuple(pred.shape)} vs target {tuple(target.shape)}.")
-    error = (pred.float() - target.float()).abs()
     if valid is None:
-        return error.mean()
-    mask = valid_mask(pred, valid).expand_as(error)
+        return (pred.float() - target.float()).abs().mean()
+    mask = valid_mask(pred, valid)
+    # NOTE: both sides are zeroed (not the error masked): a NaN target pixel would otherwise send NaN gradients
+    # through |·| into the prediction even though its error is never counted.
+    error = (apply_valid(pred.float(), mask) - apply_valid(target.float(), mask)).abs()
     # NOTE: clamp instead of a branch: no device sync, and 0 (still in the graph) when nothing is valid.
-    return torch.where(mask, error, torch.zeros((), device=error.device)).sum() / mask.sum().clamp(min=1)
+    return error.sum() / mask.expand_as(error).sum().clamp(min=1)
 
 
 def frequency_loss(
@@ -70,19 +67,21 @@ def frequency_loss(
     """
     if pred.shape != target.shape:
         raise ValueError(f"L_fre needs equal shapes; prediction {tuple(pred.shape)} vs target {tuple(target.shape)}.")
-    keep = None
-    if valid is not None:
-        mask = valid_mask(pred, valid)
-        invalid_fraction = 1.0 - mask.float().mean(dim=(1, 2, 3))  # (B,)
-        keep = invalid_fraction <= max_invalid
-        if not bool(keep.any()):
-            return _zero_like_graph(pred)
-        pred, target, valid = pred[keep], target[keep], mask[keep]
     with torch.autocast(device_type=pred.device.type, enabled=False):
-        spectra = dct2d(apply_valid(pred.float(), valid) - apply_valid(target.float(), valid), layout="bchw")
-        loss = spectra.abs().mean()  # the DCT is linear: DCT(x̂) − DCT(x) = DCT(x̂ − x)
+        if valid is None:
+            # the DCT is linear: DCT(x̂) − DCT(x) = DCT(x̂ − x)
+            loss = dct2d(pred.float() - target.float(), layout="bchw").abs().mean()
+            chips = pred.shape[0]
+        else:
+            mask = valid_mask(pred, valid)
+            keep = 1.0 - mask.float().mean(dim=(1, 2, 3)) <= max_invalid  # (B,): invalid fraction within the limit
+            diff = apply_valid(pred.float(), mask) - apply_valid(target.float(), mask)
+            per_chip = dct2d(diff, layout="bchw").abs().mean(dim=(1, 2, 3))  # (B,)
+            # NOTE: a weighted mean instead of indexing: no device sync; 0 (in the graph) when every chip is skipped.
+            loss = torch.where(keep, per_chip, 0.0).sum() / keep.sum().clamp(min=1)
+            chips = keep.sum()
     if check_finite and not bool(torch.isfinite(loss)):
-        raise NonFiniteLossError("fre", f"mean |ΔDCT| = {loss.item()} over {pred.shape[0]} chip(s)")
+        raise NonFiniteLossError("fre", f"mean |ΔDCT| = {loss.item()} over {int(chips)} chip(s)")
     return loss
 
 

@@ -87,6 +87,15 @@ def test_export_loads_into_other_stems_and_another_image_size(name: str, tmp_pat
     assert logits.shape == (1, 3, 96, 80) and bool(torch.isfinite(logits).all())
 
 
+def test_transfer_into_a_backbone_with_a_classifier(tmp_path: Path) -> None:
+    pretrainer = _trained_pretrainer("heracles_test")
+    export_encoder(pretrainer, tmp_path / "encoder.pt", bands=BANDS)
+    classifier = rsvheat.create_model("heracles_test", in_chans={"optical": 4}, num_classes=5)
+    report = load_encoder_weights(classifier, tmp_path / "encoder.pt")
+    assert report.new_heads == ["head.weight", "head.bias"] and report.skipped_stems == ["sar"]
+    assert classifier(torch.randn(2, 4, 64, 64)).shape == (2, 5)
+
+
 def test_transfer_refuses_another_architecture(tmp_path: Path) -> None:
     pretrainer = _trained_pretrainer("vheat_test")
     export_encoder(pretrainer, tmp_path / "encoder.pt", bands=BANDS)

@@ -44,6 +44,11 @@ def test_spatial_loss_ignores_invalid_pixels_whatever_their_values() -> None:
     per_band[:, 0] = False  # band 0 entirely invalid
     expected = (pred - target).abs()[per_band].mean()
     torch.testing.assert_close(spatial_loss(pred, target, per_band), expected)
+    nan_target = torch.where(valid[:, None], target, torch.tensor(float("nan")))
+    grad_pred = pred.clone().requires_grad_(True)
+    spatial_loss(grad_pred, nan_target, valid).backward()
+    assert grad_pred.grad is not None and bool(torch.isfinite(grad_pred.grad).all())
+    assert float(grad_pred.grad[~valid[:, None].expand_as(pred)].abs().max()) == 0.0  # invalid pixels get no gradient
     nothing = torch.zeros(2, 16, 16, dtype=torch.bool)
     empty = spatial_loss(pred.requires_grad_(True), target, nothing)
     assert float(empty.detach()) == 0.0 and empty.requires_grad  # still in the graph
