@@ -75,13 +75,14 @@ def measure(backbone: str, size: int, batch: int, budget_s: float) -> dict[str, 
 
 def markdown(record: dict[str, Any]) -> str:
     """The RESULTS.md section for one run."""
-    load = record["load_start"]
+    load, load_end = record["load_start"], record.get("load_end", {})
     lines = [
         "## Pretraining objective overhead (`benchmarks/ssl_objective.py`)",
         "",
         f"{record['date_utc']}, {record['machine'].get('cpu_model', 'CPU')}, {torch.get_num_threads()} threads, load "
-        f"{load.get('1m', '?')} at start; `{record['command']}`. One 13-band chip batch, K = 2 views, default "
-        "decoder and projection widths, fp32. Median CPU seconds per call (wall in brackets); `mask/step` is the "
+        f"{load.get('1m', '?')} at start and {load_end.get('1m', '?')} at the end; `{record['command']}`. One "
+        "13-band chip batch, K = 2 views, default decoder and projection widths, fp32. Median CPU seconds per call "
+        "(wall in brackets); `mask/step` is the "
         "masking's share of a pretraining step, `step/backbone` the whole objective against the plain backbone "
         f"forward + backward on the same K·B views. Peak RSS {record['peak_rss_gib']} GiB.",
         "",
