@@ -21,7 +21,7 @@ from pipeline.ray_ingest import (
     processing_version,
 )
 from pipeline.sensors import load_sensors
-from pipeline.shards import decode_images, decode_valid, shard_metadata
+from pipeline.shards import decode_band_valid, decode_images, decode_valid, shard_metadata
 from pipeline.stac import read_catalog
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "data" / "synthetic"
@@ -104,10 +104,11 @@ def test_overrides_reach_resolve_item_and_invalid_pixels_hold_nodata(tmp_path: P
     assert nodata[meta["band_order"].index("B05")] == 7.0
     table = pq.read_table(shard)
     images, valid = decode_images(table), decode_valid(table)  # (N, C, H, W), (N, H, W)
-    assert (~valid).any()
-    for band, fill in enumerate(nodata):  # no bilinear blend of nodata and data is stored at invalid pixels
+    band_valid = decode_band_valid(table)  # (N, C, H, W)
+    assert (~valid).any() and np.array_equal(band_valid.all(axis=1), valid)
+    for band, fill in enumerate(nodata):  # no bilinear blend of nodata and data is stored where a band has none
         if fill is not None:
-            assert (images[:, band][~valid] == fill).all(), meta["band_order"][band]
+            assert (images[:, band][~band_valid[:, band]] == fill).all(), meta["band_order"][band]
 
 
 def test_failure_messages_are_redacted(tmp_path: Path, s1_item: dict[str, Any]) -> None:
