@@ -56,7 +56,8 @@ def inferred_name(item: Mapping[str, Any]) -> str:
     tag = next(
         (normalize_platform(str(properties[k])) for k in ("constellation", "platform") if properties.get(k)), "items"
     )
-    keys = sorted(k for k, a in (item.get("assets") or {}).items() if isinstance(a, dict) and _skip_reason(k, a) is None)
+    assets = item.get("assets") or {}
+    keys = sorted(k for k, a in assets.items() if isinstance(a, dict) and _skip_reason(k, a) is None)
     digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=3).hexdigest()
     return f"stac-{tag}-{digest}"
 
@@ -233,7 +234,8 @@ def _band_entry(band: BandSpec) -> dict[str, Any]:
 
 
 def _flow(value: Any) -> str:
-    return str(yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 20)).strip().removesuffix("...").strip()
+    text = str(yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 20))
+    return text.strip().removesuffix("...").strip()  # a scalar document ends with "..."
 
 
 def pin_snippet(spec: SensorSpec, collection: str, *, extends: str | None = None) -> str:

@@ -329,10 +329,14 @@ def _inferred_note(spec: SensorSpec, collection: str | None, how: str, snippet: 
         for b in spec.bands
     )
     quality = f"; quality raster `{spec.quality.aliases[0]}` ({spec.quality.kind})" if spec.quality else ""
+    verb = "matches" if collection else "match"
     if how == INFERRED_FROM_METADATA:
-        what = f"matches no configured sensor; inferred from the {how}: {spec.modality}, {len(spec.bands)} bands: {bands}{quality}."
+        what = (
+            f"{verb} no configured sensor; its sensor was inferred from the {how}: {spec.modality}, "
+            f"{len(spec.bands)} bands: {bands}{quality}."
+        )
     else:
-        what = f"matches no sensor by collection; it was matched to sensor `{spec.name}` by its {how}."
+        what = f"{verb} no sensor by collection; the sensor `{spec.name}` was matched by {how}."
     pin = (
         "To pin it (and silence this warning), append this entry under `sensors:` of a copy of pipeline/sensors.yaml "
         "and pass that file with --sensors"
@@ -413,9 +417,14 @@ def resolve_item(
                 f"available assets: {', '.join(sorted(assets))}; add an alias in pipeline/sensors.yaml "
                 f"(sensor `{spec.name}`)."
             )
+            present = [b for b in full.bands if _find_asset(b, assets) is not None]
+            has = ", ".join(f"{b.name}{f' ({b.common_name})' if b.common_name else ''}" for b in present)
+            if present and not selectors:
+                hint += (
+                    f" It has bands {has}: to ingest only those, select them with --bands "
+                    f"{' '.join(b.name for b in present)}."
+                )
             if band.name in selectors:
-                present = [b for b in full.bands if _find_asset(b, assets) is not None]
-                has = ", ".join(f"{b.name}{f' ({b.common_name})' if b.common_name else ''}" for b in present)
                 hint = (
                     f"Item `{item_id}` (collection `{collection}`) has no band `{selectors[band.name]}` selected by "
                     f"--bands (band `{band.name}` of sensor `{spec.name}`, tried asset keys {list(band.aliases)}); "

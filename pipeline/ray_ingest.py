@@ -32,9 +32,9 @@ import numpy as np
 
 from pipeline.cog import gdal_env, redact_href, redact_text
 from pipeline.errors import InvalidItemError
-from pipeline.items import BandOverride, resolve_item
 from pipeline.ids import safe_id
 from pipeline.infer import inferred_name
+from pipeline.items import BandOverride, resolve_item
 from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, chip_key
 from pipeline.records import Chip, FailureRecord, ResolvedItem
 from pipeline.sensors import SensorRegistry, load_sensors

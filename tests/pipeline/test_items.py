@@ -344,3 +344,24 @@ def test_real_sample_items_resolve_to_local_cogs(sample_catalog: Path) -> None:
     s1 = [r for r in resolved.values() if r.sensor == "bigearthnet-s1"]
     assert len(s1) == 6 and all(not b.to_db and b.nodata == -32768 for r in s1 for b in r.bands)
     assert all(r.properties["bigearthnet:s2_patch"] in resolved for r in s1)
+
+
+def test_missing_selected_band_names_it_the_bands_there_and_the_flag() -> None:
+    from tests.data.archives.data import EARTH_SEARCH
+
+    item = read_catalog(EARTH_SEARCH).items[0]  # Earth Search v1: only blue, green, red, nir and scl
+    with pytest.raises(AssetNotFoundError) as err:
+        resolve_item(item, bands=["blue", "green", "red", "swir16"])
+    message = str(err.value)
+    assert "has no band `swir16` selected by --bands (band `B11` of sensor `sentinel-2-l2a`" in message
+    assert "it has bands: B02 (blue), B03 (green), B04 (red), B08 (nir)" in message
+    assert "Remove `swir16` from --bands" in message
+    # Without --bands the full sensor is required; the message says how to ingest the bands it has.
+    with pytest.raises(AssetNotFoundError, match="select them with --bands B02 B03 B04 B08"):
+        resolve_item(item)
+    resolved = resolve_item(item, bands=["nir", "red", "green", "blue"])
+    assert [(b.name, b.asset_key) for b in resolved.bands] == [("B08", "nir"), ("B04", "red"), ("B03", "green"),
+                                                               ("B02", "blue")]
+    assert resolved.quality is not None and resolved.quality.asset_key == "scl"  # quality is not a band
+    assert resolved.sensor_metadata["bands"][0]["name"] == "B08"
+    assert all(b.offset == 0.0 and b.dn_offset == 0 for b in resolved.bands)  # boa_offset_applied: never twice
