@@ -185,8 +185,17 @@ def infer_sensor(item: Mapping[str, Any], *, probe: Probe | None = None, why: st
                 )
             )
             band_dtypes.append(None if dtype is None else str(dtype))
+    # A multi-band asset whose bands are also single-band assets is a rendering of them (Planetary Computer's
+    # `visual` true-colour image lists B04, B03, B02): the single-band assets are the data.
+    singles = {a.lower() for b in bands if b.band_index == 1 and len(_entries(assets[b.aliases[0]])[0]) <= 1
+               for a in (b.name, *b.aliases)}
+    renderings = {b.aliases[0] for b in bands if b.band_index > 1 or len(_entries(assets[b.aliases[0]])[0]) > 1
+                  if b.name.lower() in singles}
+    keep = [k for k, b in enumerate(bands) if b.aliases[0] not in renderings]
+    bands, band_dtypes = [bands[k] for k in keep], [band_dtypes[k] for k in keep]
+    probed = [k for k in probed if k not in renderings]
     seen: dict[str, int] = {}
-    for pos, band in enumerate(bands):  # band names must be unique: fall back to the asset key on a clash
+    for pos, band in enumerate(bands):  # band names must be unique
         if band.name in seen:
             raise SensorNotFoundError(
                 f"Item `{item_id}`: bands of assets {sorted(data_keys)} share the name `{band.name}`; inferring a "

@@ -68,7 +68,11 @@ def normalize_platform(value: str) -> str:
 
 @dataclass(frozen=True)
 class BandSpec:
-    """One band of a sensor, in canonical order. Physical value = ``(DN + dn_offset) * scale + offset``."""
+    """One band of a sensor, in canonical order. Physical value = ``(DN + dn_offset) * scale + offset``.
+
+    ``band_index`` is the 1-based band inside the asset the aliases find (1 for single-band assets; multi-band
+    assets of inferred sensors, docs/ingest-inputs.md).
+    """
 
     name: str
     aliases: tuple[str, ...]

