@@ -277,3 +277,14 @@ def test_ten_metre_pixels_survive_where_the_60m_grid_stops_short(tmp_path: Path)
         gaps += int(gap.sum())
         assert not chip["valid"][:h, :w][gap].any() and np.array_equal(chip["band_valid"].all(axis=0), chip["valid"])
     assert gaps >= 30 * 80 // 10 + 40 * 80 // 10 - 12  # the strips along the right and bottom edges
+
+
+def test_item_with_every_chip_over_max_nodata_is_committed_not_failed(tmp_path: Path, s1_item: dict[str, Any]) -> None:
+    # Every 64 px chip of the S1 fixture has some nodata (the swath edge, a NaN pixel): with --max-nodata 0 all are
+    # dropped, but the item has valid pixels, so it is processed, with each chip's reason in the index.
+    result = ingest_item(json.dumps(s1_item), _settings(tmp_path, max_nodata=0.0), sensors=load_sensors(),
+                         store=OutputStore.open(str(tmp_path)))
+    assert result.status == "committed" and result.outcome == "all_chips_dropped", result.message
+    assert result.n_written == 0 and result.n_dropped_nodata == 4
+    manifest = ItemManifest.from_json(result.manifest)
+    assert manifest.shard is None and all(c["reason"].startswith("nodata_pct ") for c in manifest.chips)
