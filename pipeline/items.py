@@ -419,7 +419,7 @@ def resolve_item(
             )
             present = [b for b in full.bands if _find_asset(b, assets) is not None]
             has = ", ".join(f"{b.name}{f' ({b.common_name})' if b.common_name else ''}" for b in present)
-            if present and not selectors:
+            if present and not selectors and not band.optional:
                 hint += (
                     f" It has bands {has}: to ingest only those, select them with --bands "
                     f"{' '.join(b.name for b in present)}."

@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -607,6 +607,7 @@ class ItemChipper:
         self.sensors = load_sensors(settings.sensors_path)
         self.gdal = gdal_env(settings.gdal_options)
         self.store = OutputStore.open(settings.output, s3_endpoint=settings.s3_endpoint)
+        self.noted: set[str] = set()  # collections whose SensorInferredWarning text this actor already returned
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Chip every item of the batch (``item_json`` and ``attempt`` columns) and return one row per item."""
@@ -615,5 +616,10 @@ class ItemChipper:
                         attempt=int(attempt))
             for text, attempt in zip(batch["item_json"], batch["attempt"], strict=True)
         ]
+        for k, result in enumerate(results):  # the driver warns once per collection: send each note once per actor
+            if result.sensor_note and result.collection in self.noted:
+                results[k] = replace(result, sensor_note="")
+            elif result.sensor_note:
+                self.noted.add(result.collection)
         columns = [f.name for f in ItemResult.__dataclass_fields__.values()]
         return {name: np.asarray([getattr(r, name) for r in results]) for name in columns}
