@@ -350,6 +350,7 @@ def _source(cfg: IngestConfig, result: Any) -> dict[str, Any]:
         "stride": cfg.stride,
         "max_nodata": cfg.max_nodata,
         "max_cloud": cfg.max_cloud,
+        "bands": list(cfg.bands) or None,
     }
 
 
