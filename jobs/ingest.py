@@ -36,8 +36,10 @@ if __package__ in (None, ""):  # `python jobs/ingest.py` (also under `ray job su
 
 import json
 import logging
+import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -48,6 +50,7 @@ from pipeline.cog import redact_href
 from pipeline.errors import PipelineError
 from pipeline.manifest import ItemManifest, OutputStore, _parse_time, load_manifests, watermarks, write_outputs
 from pipeline.records import FailureRecord
+from pipeline.warnings import SensorInferredWarning
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "IngestConfig", "IngestSummary", "main", "run_ingest"]
 
@@ -95,6 +98,11 @@ class IngestConfig:
     sensors: str | None = field(
         default=None, metadata={"help": "sensor config YAML (default: the packaged pipeline/sensors.yaml)"}
     )
+    bands: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "bands of the dataset, in order: band names, common names or asset keys, e.g. red nir "
+                          "(default: every band of each item's sensor)"},
+    )
     # Run/Storage
     output: str | None = field(default=None, metadata={"help": "dataset root: local directory or s3://bucket/prefix"})
     dataset_version: str = field(default="v1", metadata={"help": "shards/{dataset_version}/... and manifests"})
@@ -119,6 +127,11 @@ class IngestSummary:
     search_failures: int = 0
     chips_written: int = 0
     chips_dropped: dict[str, int] = field(default_factory=lambda: {"nodata": 0, "cloud": 0})
+    chip_size: int = 256
+    max_nodata: float = 50.0
+    # committed items without a written chip, by outcome ("smaller_than_chip", "all_chips_dropped"), with the
+    # (height, width) of each scene
+    empty_items: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     failures_by_class: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     chip_seconds: float = 0.0
@@ -152,11 +165,39 @@ class IngestSummary:
             f"  speed: {self.chips_per_second:.1f} chips/s over {self.chip_seconds:.1f} s of chipping "
             f"({self.seconds:.1f} s total)",
         ]
+        lines.extend(self._empty_lines())
         if self.failures_by_class:
             grouped = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures_by_class.items()))
             lines.append(f"  failures by error class: {grouped} (details in failures.parquet)")
         lines.append(f"  exit status {self.exit_code}")
         return "\n".join(lines)
+
+
+    def _empty_lines(self) -> list[str]:
+        """Why committed items have no written chip (docs/ingest-inputs.md, "Scenes smaller than a chip")."""
+        lines = []
+        small = self.empty_items.get("smaller_than_chip", [])
+        if small:
+            side = min(min(shape) for shape in small)
+            padding = max(
+                100.0 * (1 - min(h, self.chip_size) * min(w, self.chip_size) / self.chip_size**2) for h, w in small
+            )
+            sizes = sorted({f"{h} x {w}" for h, w in small})
+            pad = math.floor(padding) + 1
+            lines.append(
+                f"  {len(small)} item{'s are' if len(small) != 1 else ' is'} smaller than --chip-size {self.chip_size} "
+                f"(scenes {', '.join(sizes[:3])}{' ...' if len(sizes) > 3 else ''} px): no chip passed --max-nodata "
+                f"{self.max_nodata:g}; use --chip-size {side}"
+                + (f", or --max-nodata {pad} to keep each scene as one padded chip" if pad < 100 else "")
+                + " (chips are in index.parquet with reason smaller_than_chip)"
+            )
+        dropped = self.empty_items.get("all_chips_dropped", [])
+        if dropped:
+            lines.append(
+                f"  {len(dropped)} item{'s' if len(dropped) != 1 else ''} had every chip dropped by --max-nodata/"
+                "--max-cloud (see index.parquet status and reason)"
+            )
+        return lines
 
 
 def _resolve_smoke(cfg: IngestConfig) -> IngestConfig:
@@ -309,6 +350,7 @@ def _source(cfg: IngestConfig, result: Any) -> dict[str, Any]:
         "stride": cfg.stride,
         "max_nodata": cfg.max_nodata,
         "max_cloud": cfg.max_cloud,
+        "bands": list(cfg.bands) or None,
     }
 
 
@@ -374,6 +416,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
         max_nodata=cfg.max_nodata,
         max_cloud=cfg.max_cloud,
         overrides=overrides,
+        bands=cfg.bands,
     )
     log.info("processing_version %s, dataset_version %s, output %s", pv, cfg.dataset_version, store.uri)
     existing = load_manifests(store, cfg.dataset_version)
@@ -402,7 +445,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
     todo: list[tuple[str, int]] = []
     skipped = 0
     for item in items:
-        key = (item_collection(item, sensors) or "_unknown", str(item.get("id", "<no id>")))
+        key = (item_collection(item, sensors, cfg.bands) or "_unknown", str(item.get("id", "<no id>")))
         updated = (item.get("properties") or {}).get("updated")
         done = committed.get(key)
         if done is not None and done.matches(pv, updated):
@@ -411,7 +454,8 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
         todo.append((json.dumps(item, sort_keys=True), attempts.get(key, 0) + 1))
 
     summary = IngestSummary(
-        items_found=len(items), items_skipped=skipped, search_failures=len(search_failures), output=store.uri
+        items_found=len(items), items_skipped=skipped, search_failures=len(search_failures), output=store.uri,
+        chip_size=cfg.chip_size, max_nodata=cfg.max_nodata,
     )
     log.info("%d items to chip (%d already committed) with up to %d workers, %d px chips", len(todo), skipped,
              min(cfg.workers, max(len(todo), 1)), cfg.chip_size)
@@ -424,6 +468,7 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
             stride=cfg.stride,
             max_nodata=cfg.max_nodata,
             max_cloud=cfg.max_cloud,
+            bands=cfg.bands,
             overrides=overrides,
             s3_endpoint=cfg.s3_endpoint,
             sensors_path=str(Path(cfg.sensors).resolve()) if cfg.sensors else None,
@@ -433,10 +478,17 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
         chip_start = time.perf_counter()
         rows = _chip(settings, todo, cfg.workers, cfg.progress)
         summary.chip_seconds = time.perf_counter() - chip_start
+        noted: set[str] = set()
         for row in rows:
             summary.items_processed += 1
+            if row["sensor_note"] and row["collection"] not in noted:  # once per collection (SensorInferredWarning)
+                noted.add(row["collection"])
+                warnings.warn(SensorInferredWarning(str(row["sensor_note"])), stacklevel=2)
             if row["status"] == "committed":
                 summary.items_committed += 1
+                if row["outcome"]:
+                    shape = (int(row["scene_height"]), int(row["scene_width"]))
+                    summary.empty_items.setdefault(str(row["outcome"]), []).append(shape)
             else:
                 summary.items_failed += 1
                 label = f"{row['error_class']} ({row['stage']})"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -39,8 +40,8 @@ from rasterio.windows import Window
 from pipeline.errors import CRSNotFoundError, RasterReadError
 from pipeline.grid import PixelGrid
 
-__all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "gdal_env", "gdal_path", "redact_href", "redact_text",
-           "resampling_method"]
+__all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "RasterHeader", "gdal_env", "gdal_path", "read_header",
+           "redact_href", "redact_text", "resampling_method"]
 
 ResamplingName = Literal["nearest", "bilinear", "cubic", "average"]
 
@@ -189,6 +190,40 @@ def _read_error(href: str, action: str, err: Exception) -> RasterReadError:
         "GeoTIFF, that remote hosts are reachable and signed URLs have not expired, and for s3:// that "
         "AWS_S3_ENDPOINT and the AWS_* keys are set in the GDAL env."
     )
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    """What a raster's header says about its bands (for items whose STAC metadata does not say it).
+
+    Attributes:
+        count: number of bands.
+        dtypes: numpy dtype name per band.
+        nodata: the file's nodata tag (one value for every band, as GeoTIFF stores it), or ``None``.
+        gsd: pixel width in CRS units, or ``None`` without a CRS.
+    """
+
+    count: int
+    dtypes: tuple[str, ...]
+    nodata: float | None
+    gsd: float | None
+
+
+def read_header(href: str, *, options: Mapping[str, object] | None = None) -> RasterHeader:
+    """Open ``href`` and read only its header: band count, dtypes, nodata tag and pixel size.
+
+    Raises:
+        RasterReadError: the href cannot be opened.
+    """
+    merged = gdal_env(options)
+    _apply_cache_max(merged.pop("GDAL_CACHEMAX", None))
+    plain, session = _split_credentials(merged)
+    try:
+        with rasterio.Env(session=session, **plain), rasterio.open(gdal_path(href)) as ds:
+            gsd = abs(float(ds.transform.a)) if ds.crs is not None else None
+            return RasterHeader(count=int(ds.count), dtypes=tuple(ds.dtypes), nodata=ds.nodata, gsd=gsd)
+    except RasterioError as err:
+        raise _read_error(href, "open", err) from err
 
 
 class AssetReader:

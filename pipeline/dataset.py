@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.manifest import OutputStore
-from pipeline.shards import METADATA_KEY, decode_images, decode_valid
+from pipeline.shards import METADATA_KEY, decode_band_valid, decode_images, decode_valid
 
 if TYPE_CHECKING:
     import ray.data
@@ -36,6 +36,7 @@ class ChipSample(TypedDict):
 
     image: np.ndarray
     valid: np.ndarray
+    band_valid: np.ndarray
     chip_id: str
     item_id: str
     collection: str
@@ -79,7 +80,8 @@ def load_chips(
 ) -> Iterator[ChipSample]:
     """Yield written chips as plain dicts: pixels in the native dtype, validity mask, ids, bands, CRS, transform.
 
-    ``image`` is ``(C, H, W)``; ``valid`` is ``(H, W)``, True where every band has data.
+    ``image`` is ``(C, H, W)``; ``valid`` is ``(H, W)``, True where every band has data; ``band_valid`` is
+    ``(C, H, W)``, True where each band has data (a band keeps its pixels where another band has none).
 
     Each needed row group is read once. Without ``chip_ids`` chips come in index order; with them, in the given order.
 
@@ -116,9 +118,11 @@ def load_chips(
             if shard_path not in band_order:
                 meta = json.loads((parquet.schema_arrow.metadata or {})[METADATA_KEY.encode()])
                 band_order[shard_path] = list(meta["band_order"])
-            table = parquet.read_row_group(row_group, columns=list(_SHARD_COLUMNS))
+            per_band = ["band_valid"] if "band_valid" in parquet.schema_arrow.names else []  # shard schema >= 3
+            table = parquet.read_row_group(row_group, columns=[*_SHARD_COLUMNS, *per_band])
         images = decode_images(table)  # (N, C, H, W)
         valid = decode_valid(table)  # (N, H, W)
+        band_valid = decode_band_valid(table)  # (N, C, H, W)
         scalars = table.select([c for c in _SHARD_COLUMNS if c not in _PIXEL_COLUMNS]).to_pylist()
         for chip_id, row_index in members:
             row = scalars[row_index]
@@ -130,6 +134,7 @@ def load_chips(
             sample = ChipSample(
                 image=np.array(images[row_index]),
                 valid=np.array(valid[row_index]),
+                band_valid=np.array(band_valid[row_index]),
                 chip_id=chip_id,
                 item_id=row["item_id"],
                 collection=row["collection"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AssetNotFoundError",
+    "BandSelectionError",
     "CRSNotFoundError",
     "GridMismatchError",
     "InvalidItemError",
@@ -41,6 +42,10 @@ class AssetNotFoundError(PipelineError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class BandSelectionError(PipelineError, ValueError):
+    """A ``--bands`` selector matches no band of a sensor, or several (docs/ingest-inputs.md, "Band selection")."""
 
 
 class CRSNotFoundError(PipelineError, ValueError):

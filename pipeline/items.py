@@ -8,6 +8,7 @@ Providers disagree on almost everything (data-pipeline.md §5): asset keys (``B0
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -22,11 +23,13 @@ from urllib.parse import urljoin, urlsplit
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from pipeline.errors import AssetNotFoundError, CRSNotFoundError, InvalidItemError
+from pipeline.cog import read_header
+from pipeline.errors import AssetNotFoundError, CRSNotFoundError, InvalidItemError, SensorNotFoundError
 from pipeline.ids import safe_id
+from pipeline.infer import INFERRED_FROM_METADATA, infer_sensor, inferred_name, pin_snippet
 from pipeline.records import QualityAsset, ResolvedBand, ResolvedItem, Transform6
 from pipeline.sensors import BandSpec, SensorRegistry, SensorSpec, load_sensors
-from pipeline.warnings import MissingBandWarning
+from pipeline.warnings import MissingBandWarning, SensorInferredWarning
 
 __all__ = [
     "BandOverride",
@@ -34,6 +37,7 @@ __all__ = [
     "is_absolute_href",
     "is_local_href",
     "item_base_href",
+    "item_sensor",
     "make_absolute_href",
     "parse_datetime",
     "resolve_item",
@@ -171,11 +175,11 @@ def _find_asset(band: BandSpec, assets: Mapping[str, Mapping[str, Any]]) -> tupl
     """
     for alias in band.aliases:
         if alias in assets:
-            return alias, 1
+            return alias, band.band_index
     lowered = {key.lower(): key for key in assets}
     for alias in band.aliases:
         if alias.lower() in lowered:
-            return lowered[alias.lower()], 1
+            return lowered[alias.lower()], band.band_index
     names = {band.name.lower(), *(alias.lower() for alias in band.aliases)}
     common: list[tuple[str, int]] = []
     for key in sorted(assets):
@@ -271,29 +275,109 @@ def _provenance(properties: Mapping[str, Any]) -> dict[str, str | float | int | 
     return out
 
 
+# (collection, sensor config hash) pairs already warned about in this process: one warning per collection.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def item_sensor(
+    item: Mapping[str, Any],
+    registry: SensorRegistry,
+    *,
+    bands: Sequence[str] = (),
+    base_href: str | None = None,
+    gdal_env: Mapping[str, object] | None = None,
+) -> tuple[SensorSpec, str | None]:
+    """The sensor an item is ingested with, and the warning text when it was inferred (``None``: configured).
+
+    A configured sensor listing the item's collection wins; else one matched by platform and asset keys (see
+    :meth:`SensorRegistry.match_item`); else one inferred from the item's own STAC metadata
+    (:func:`pipeline.infer.infer_sensor`, which reads a file header only where the metadata is silent). The sensor
+    is returned before ``--bands`` selection; inferred ones carry an ``inferred`` block with the pinning YAML.
+
+    Raises:
+        SensorNotFoundError: nothing usable to infer a sensor from; the message says what each asset lacks.
+    """
+    named = item.get("collection") if isinstance(item.get("collection"), str) and item.get("collection") else None
+    try:
+        spec, how = registry.match_item(item, bands)
+    except SensorNotFoundError:
+        base = item_base_href(item, base_href)
+
+        def probe(href: str) -> Any:
+            return read_header(make_absolute_href(href, base), options=gdal_env)
+
+        spec = infer_sensor(item, probe=probe, why=f"No sensor in {registry.source or 'the sensor config'} matches.")
+        how, snippet = INFERRED_FROM_METADATA, pin_snippet(spec, named or spec.name)
+    else:
+        if how == "collection":
+            return spec, None
+        snippet = pin_snippet(spec, named or inferred_name(item), extends=spec.name)
+    spec = dataclasses.replace(spec, inferred={**(spec.inferred or {}), "from": how, "pin": snippet})
+    return spec, _inferred_note(spec, named, how, snippet, suggested=inferred_name(item))
+
+
+def _inferred_note(spec: SensorSpec, collection: str | None, how: str, snippet: str, *, suggested: str) -> str:
+    """The :class:`SensorInferredWarning` text: what was inferred, from what, and the YAML that pins it."""
+    filed = collection or spec.name
+    where = f"Collection `{collection}`" if collection else f"Items without a `collection` (filed under `{filed}`)"
+    bands = "; ".join(
+        f"{b.name} (asset {b.aliases[0]}"
+        + (f" band {b.band_index}" if b.band_index != 1 else "")
+        + (f", {b.common_name}" if b.common_name and b.common_name != b.name else "")
+        + (f", {b.center_wavelength_um:g} um" if b.center_wavelength_um is not None else "")
+        + f", nodata {b.nodata if b.nodata is not None else 'none'}, scale {b.scale:g}, offset {b.offset:g}, {b.units})"
+        for b in spec.bands
+    )
+    quality = f"; quality raster `{spec.quality.aliases[0]}` ({spec.quality.kind})" if spec.quality else ""
+    verb = "matches" if collection else "match"
+    if how == INFERRED_FROM_METADATA:
+        what = (
+            f"{verb} no configured sensor; its sensor was inferred from the {how}: {spec.modality}, "
+            f"{len(spec.bands)} bands: {bands}{quality}."
+        )
+    else:
+        what = f"{verb} no sensor by collection; the sensor `{spec.name}` was matched by {how}."
+    pin = (
+        "To pin it (and silence this warning), append this entry under `sensors:` of a copy of pipeline/sensors.yaml "
+        "and pass that file with --sensors"
+        + ("" if collection else f" (and give the items `\"collection\": \"{suggested}\"` in the catalog)")
+        + ":\n"
+    )
+    return f"{where} {what} {pin}{snippet}"
+
+
 def resolve_item(
     item: Mapping[str, Any],
     sensors: SensorRegistry | None = None,
     *,
     base_href: str | None = None,
     overrides: Mapping[str, BandOverride] | None = None,
+    bands: Sequence[str] = (),
+    gdal_env: Mapping[str, object] | None = None,
+    warn_inferred: bool = True,
 ) -> ResolvedItem:
     """Normalise a raw STAC item for ingest.
 
-    Bands come back in the sensor's canonical order, each resolved through the alias table, then ``eo:bands`` names,
-    then a unique ``common_name``. ``proj:*`` is read from the asset first, then the item. Radiometry: sensors.yaml
-    defaults < ``raster:bands`` < ``overrides``.
+    Bands come back in the sensor's canonical order (or the order of ``bands``), each resolved through the alias
+    table, then ``eo:bands`` names, then a unique ``common_name``. ``proj:*`` is read from the asset first, then the
+    item. Radiometry: sensors.yaml defaults < ``raster:bands`` < ``overrides``. An item whose collection no sensor
+    lists gets an inferred sensor (:func:`item_sensor`) and one :class:`SensorInferredWarning` per collection.
 
     Args:
         item: a STAC item as a dict (e.g. from :func:`pipeline.stac.read_catalog` or ``search_api``).
         sensors: the sensor registry; default: the packaged ``sensors.yaml``.
         base_href: where the item JSON lives, to resolve relative asset hrefs when it has no absolute self link.
         overrides: per band name (or ``"*"`` for all) a mapping of ``nodata``/``scale``/``offset`` overrides.
+        bands: ``--bands`` selectors (band names, common names or asset keys): only these bands, in this order.
+        gdal_env: GDAL options for the header reads of an inferred sensor.
+        warn_inferred: emit the :class:`SensorInferredWarning` (the ingest actor reports it to the driver instead).
 
     Raises:
         InvalidItemError: no id, assets or datetime/start_datetime; malformed ``proj:*``; unresolvable relative href.
-        SensorNotFoundError: no sensor matches the item.
-        AssetNotFoundError: a required band has no asset; the message lists the available asset keys.
+        SensorNotFoundError: no sensor matches the item and none can be inferred from its metadata.
+        BandSelectionError: a ``bands`` selector matches no band of the item's sensor, or several.
+        AssetNotFoundError: a required (or selected) band has no asset; the message lists the bands and asset keys
+            the item has.
         CRSNotFoundError: the item or a band asset declares a non-metric CRS (e.g. raw S1 GRD in EPSG:4326).
     """
     item_id = item.get("id")
@@ -304,9 +388,13 @@ def resolve_item(
     if not isinstance(properties, dict) or not isinstance(assets, dict):
         raise InvalidItemError(f"Item `{item_id}` needs `properties` and `assets` objects.")
     registry = sensors if sensors is not None else load_sensors()
-    spec = registry.for_item(item)
-    _check_overrides(overrides, spec)
-    collection = str(item.get("collection") or spec.name)
+    full, note = item_sensor(item, registry, bands=bands, base_href=base_href, gdal_env=gdal_env)
+    _check_overrides(overrides, full)
+    spec = full.select(bands) if bands else full
+    collection = str(item.get("collection") or spec.name)  # inferred sensors are named after the collection
+    if note is not None and warn_inferred and (collection, full.config_hash) not in _WARNED:
+        _WARNED.add((collection, full.config_hash))
+        warnings.warn(SensorInferredWarning(note), stacklevel=2)
     acquired = _item_datetime(item_id, properties)
     item_epsg = asset_epsg(properties)
     _check_metric(item_id, collection, item_epsg, "the item", spec)
@@ -318,7 +406,8 @@ def resolve_item(
         stated_offset = spec.harmonize.dn_offset
     base = item_base_href(item, base_href)
 
-    bands: list[ResolvedBand] = []
+    resolved: list[ResolvedBand] = []
+    selectors = dict(zip(spec.band_names, bands, strict=True)) if bands else {}
     for band in spec.bands:
         found = _find_asset(band, assets)
         if found is None:
@@ -328,13 +417,27 @@ def resolve_item(
                 f"available assets: {', '.join(sorted(assets))}; add an alias in pipeline/sensors.yaml "
                 f"(sensor `{spec.name}`)."
             )
+            present = [b for b in full.bands if _find_asset(b, assets) is not None]
+            has = ", ".join(f"{b.name}{f' ({b.common_name})' if b.common_name else ''}" for b in present)
+            if present and not selectors and not band.optional:
+                hint += (
+                    f" It has bands {has}: to ingest only those, select them with --bands "
+                    f"{' '.join(b.name for b in present)}."
+                )
+            if band.name in selectors:
+                hint = (
+                    f"Item `{item_id}` (collection `{collection}`) has no band `{selectors[band.name]}` selected by "
+                    f"--bands (band `{band.name}` of sensor `{spec.name}`, tried asset keys {list(band.aliases)}); "
+                    f"it has bands: {has or 'none'} (asset keys: {', '.join(sorted(assets))}). Remove "
+                    f"`{selectors[band.name]}` from --bands, or ingest this item separately."
+                )
             if band.optional:
                 warnings.warn(MissingBandWarning(hint + " The optional band is skipped."), stacklevel=2)
                 continue
             raise AssetNotFoundError(hint)
         key, index = found
-        bands.append(_resolve_band(item_id, collection, spec, band, key, index, assets[key], properties, base,
-                                   dn_offset, stated_offset, overrides))
+        resolved.append(_resolve_band(item_id, collection, spec, band, key, index, assets[key], properties, base,
+                                      dn_offset, stated_offset, overrides))
 
     return ResolvedItem(
         item_id=item_id,
@@ -343,9 +446,9 @@ def resolve_item(
         sensor=spec.name,
         modality=spec.modality,
         datetime=acquired,
-        bands=tuple(bands),
+        bands=tuple(resolved),
         updated=str(properties["updated"]) if properties.get("updated") else None,
-        epsg=item_epsg if item_epsg is not None else _common_epsg(bands),
+        epsg=item_epsg if item_epsg is not None else _common_epsg(resolved),
         quality=_resolve_quality(item_id, collection, spec, assets, properties, base),
         properties={
             **_provenance(properties),
@@ -355,6 +458,8 @@ def resolve_item(
             "rs:dn_offset_reason": dn_reason or None,
         },
         item_json=json.dumps(item, separators=(",", ":"), sort_keys=True),
+        sensor_metadata=spec.to_metadata(),
+        sensor_note=note,
     )
 
 

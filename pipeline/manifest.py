@@ -466,6 +466,13 @@ def build_dataset_json(
             "search_failures": search_failures,
         },
         "watermark": marks,
+        # collections whose sensor no sensor config entry gave: how it was inferred and the YAML that pins it
+        # (docs/ingest-inputs.md, "Unknown collections")
+        "inferred_sensors": {
+            name: {"sensor": entry["sensor"].get("sensor"), **entry["sensor"]["inferred"]}
+            for name, entry in collections.items()
+            if (entry.get("sensor") or {}).get("inferred")
+        },
         "source": dict(source),
         "shards": sorted(m.shard["path"] for m in committed if m.shard),
         "manifests": sorted(m.rel_path for m in committed),

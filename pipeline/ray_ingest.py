@@ -17,7 +17,6 @@ message; it never kills the job. Only ``MemoryError`` propagates (Ray then retri
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -26,15 +25,16 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from pipeline.cog import gdal_env, redact_href, redact_text
 from pipeline.errors import InvalidItemError
-from pipeline.items import BandOverride, resolve_item
 from pipeline.ids import safe_id
+from pipeline.infer import inferred_name
+from pipeline.items import BandOverride, resolve_item
 from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, chip_key
 from pipeline.records import Chip, FailureRecord, ResolvedItem
 from pipeline.sensors import SensorRegistry, load_sensors
@@ -60,7 +60,9 @@ __all__ = [
 # Bump when chipping, resampling, dB or DN-offset rules change: it changes processing_version and forces re-ingest.
 # "2": raw little-endian pixel columns (shard schema 2) and nodata stored at invalid pixels of every band.
 # "3": CRC-32 chip checksums instead of blake2b-128 (same pixels; one dataset version never mixes the two).
-PROCESSING_CODE_VERSION = "3"
+# "4": lossless pixels per band (a band keeps its values where another band has no data) and the per-band validity
+#      column `band_valid` (shard schema 3); inferred sensors for unknown collections; --bands.
+PROCESSING_CODE_VERSION = "4"
 # Normalisation stats use every STATS_STRIDE-th row and column of each written chip: 1/16 of the pixels, spread evenly
 # over every chip, which keeps the per-band mean/std well within a percent and the stats cheap at ingest.
 STATS_STRIDE = 4
@@ -77,6 +79,8 @@ class IngestSettings:
         dataset_version, processing_version: where shards go and the unit-of-work key.
         chip_size, stride: chip grid in reference pixels.
         max_nodata, max_cloud: chips above these percentages are dropped (recorded in the index, not written).
+        bands: ``--bands`` selectors (band names, common names, asset keys): the dataset's bands, in order; empty:
+            every band of each item's sensor.
         s3_endpoint: S3 endpoint for the output (``None``: ``AWS_ENDPOINT_URL`` or AWS).
         sensors_path: a sensor config YAML (``None``: the packaged ``pipeline/sensors.yaml``).
         prefetch_chips: chips read ahead by a reader thread while the shard writer encodes (GDAL reads and Parquet
@@ -93,6 +97,7 @@ class IngestSettings:
     stride: int | None = None
     max_nodata: float = 50.0
     max_cloud: float | None = None
+    bands: tuple[str, ...] = ()
     s3_endpoint: str | None = None
     sensors_path: str | None = None
     prefetch_chips: int = 32
@@ -109,8 +114,10 @@ def processing_version(
     max_nodata: float,
     max_cloud: float | None,
     overrides: Mapping[str, BandOverride] | None = None,
+    bands: tuple[str, ...] = (),
 ) -> str:
-    """A short hash of everything that changes the chips: code version, sensor config, grid, drop limits, overrides."""
+    """A short hash of everything that changes the chips: code version, sensor config, grid, drop limits, overrides,
+    band selection."""
     payload: dict[str, Any] = {
         "code": PROCESSING_CODE_VERSION,
         "sensors": sensors.config_hash,
@@ -121,6 +128,8 @@ def processing_version(
     }
     if overrides:  # absent when empty, so versions without overrides stay as they were
         payload["overrides"] = {band: dict(fields) for band, fields in overrides.items()}
+    if bands:
+        payload["bands"] = list(bands)
     digest = hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=6).hexdigest()
     return f"p{PROCESSING_CODE_VERSION}-{digest}"
 
@@ -133,7 +142,13 @@ def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ItemResult:
-    """The row an actor returns for one item (small: no pixels)."""
+    """The row an actor returns for one item (small: no pixels).
+
+    ``outcome`` explains a committed item without written chips: ``"smaller_than_chip"`` (the scene is smaller than
+    the chip and its padding exceeds ``max_nodata``) or ``"all_chips_dropped"`` (every chip over a quality limit);
+    ``scene_height``/``scene_width`` are its reference grid in pixels. ``sensor_note`` is the
+    :class:`~pipeline.warnings.SensorInferredWarning` text when its sensor was inferred (the driver warns once).
+    """
 
     item_id: str
     collection: str
@@ -142,6 +157,10 @@ class ItemResult:
     n_dropped_nodata: int = 0
     n_dropped_cloud: int = 0
     n_bytes: int = 0
+    outcome: str = ""
+    scene_height: int = 0
+    scene_width: int = 0
+    sensor_note: str = ""
     stage: str = ""
     error_class: str = ""
     message: str = ""
@@ -168,6 +187,9 @@ class _ChipFilter:
         self.counts = {"written": 0, "dropped_nodata": 0, "dropped_cloud": 0}
         self.stats: BandStats | None = None
         self.nonfinite = 0
+        self.any_valid = False
+        self.scene_shape = (0, 0)
+        self.smaller_than_chip = 0
         self._first: Chip | None = None
         extras = {}
         for column, prop in EXTRA_PROPERTIES.items():
@@ -195,13 +217,31 @@ class _ChipFilter:
             self.state["stage"] = "chip"
             if self._keep(chip):
                 self.state["stage"] = "write"
-                yield _fill_invalid(chip, self.item)
+                yield chip
+
+    def _padding_pct(self, chip: Chip) -> float:
+        """Percentage of the chip outside the scene (the overhang that is padded invalid)."""
+        height, width = chip.scene_shape
+        col, row, w, h = chip.window
+        inside = max(0, min(col + w, width) - col) * max(0, min(row + h, height) - row)
+        return 100.0 * (1.0 - inside / float(w * h))
 
     def _keep(self, chip: Chip) -> bool:
         s = self.settings
         status, reason = "written", None
+        self.scene_shape = chip.scene_shape
+        self.any_valid = self.any_valid or chip.nodata_pct < 100.0
         if chip.nodata_pct > s.max_nodata:
             status, reason = "dropped_nodata", f"nodata_pct {chip.nodata_pct:.1f} > max_nodata {s.max_nodata:g}"
+            height, width = chip.scene_shape
+            padding = self._padding_pct(chip)
+            if min(height, width) < chip.window[2] and padding > s.max_nodata:
+                # docs/ingest-inputs.md, "Scenes smaller than a chip": padded into the chip when max_nodata allows
+                self.smaller_than_chip += 1
+                reason = (
+                    f"smaller_than_chip: the scene is {height} x {width} px, the chip {chip.window[2]} px; its padding "
+                    f"alone is {padding:.1f} % nodata > max_nodata {s.max_nodata:g}"
+                )
         elif s.max_cloud is not None and chip.cloud_pct is not None and chip.cloud_pct > s.max_cloud:
             status, reason = "dropped_cloud", f"cloud_pct {chip.cloud_pct:.1f} > max_cloud {s.max_cloud:g}"
         row: dict[str, Any] = {
@@ -243,27 +283,6 @@ class _ChipFilter:
         yield from self._filtered()
 
 
-def _fill_invalid(chip: Chip, item: ResolvedItem) -> Chip:
-    """``chip`` with each band's nodata value at every pixel that is invalid in any band.
-
-    Without this, integer bands would keep what GDAL read there: at the rim of a nodata area, a bilinear blend of
-    nodata and data, which users who read pixels without the ``valid`` mask would take for data.
-    """
-    invalid = ~chip.valid
-    if not invalid.any():
-        return chip
-    image = chip.image if chip.image.flags.writeable else chip.image.copy()
-    for pos, band in enumerate(item.bands):
-        if band.nodata is None:
-            continue
-        if np.issubdtype(image.dtype, np.integer):
-            info = np.iinfo(image.dtype)
-            if np.isnan(band.nodata) or not info.min <= band.nodata <= info.max:
-                continue  # not representable: the mask alone marks these pixels
-        image[pos][invalid] = band.nodata
-    return chip if image is chip.image else dataclasses.replace(chip, image=image)
-
-
 def ingest_item(
     item_json: str,
     settings: IngestSettings,
@@ -292,11 +311,14 @@ def ingest_item(
         if not isinstance(raw, dict):
             raise InvalidItemError(f"STAC item must be a JSON object, got {type(raw).__name__}: {item_json[:80]!r}")
         item_id = str(raw.get("id", "<no id>"))
-        collection = item_collection(raw, sensors)
+        collection = item_collection(raw, sensors, settings.bands)
         updated = (raw.get("properties") or {}).get("updated")
         check_item_id(raw.get("id"))
-        sensor_metadata = sensors.for_item(raw).to_metadata()
-        item = resolved = resolve_item(raw, sensors, overrides=settings.overrides or None)
+        item = resolved = resolve_item(
+            raw, sensors, overrides=settings.overrides or None, bands=settings.bands, gdal_env=gdal,
+            warn_inferred=False,  # reported to the driver in ItemResult.sensor_note, which warns once per collection
+        )
+        sensor_metadata = item.sensor_metadata
         collection = item.collection
         cut = cut_item(item, chip_size=settings.chip_size, stride=settings.stride, gdal_env=gdal)
         chips = _ChipFilter(item, settings, prefetched(cut, settings.prefetch_chips), state)
@@ -334,6 +356,10 @@ def ingest_item(
             _locate_rows(chips.rows, rel, info)
         state["stage"] = "chip"
         _check_usable(item, chips)
+        outcome = ""
+        if chips.counts["written"] == 0:
+            total = sum(chips.counts.values())
+            outcome = "smaller_than_chip" if chips.smaller_than_chip == total else "all_chips_dropped"
         manifest = ItemManifest(
             item_id=item.item_id,
             collection=item.collection,
@@ -360,6 +386,10 @@ def ingest_item(
             n_dropped_nodata=chips.counts["dropped_nodata"],
             n_dropped_cloud=chips.counts["dropped_cloud"],
             n_bytes=int(shard["n_bytes"]) if shard else 0,
+            outcome=outcome,
+            scene_height=int(chips.scene_shape[0]),
+            scene_width=int(chips.scene_shape[1]),
+            sensor_note=item.sensor_note or "",
             manifest_path=path,
             manifest=manifest.to_json(),
             seconds=time.perf_counter() - start,
@@ -470,8 +500,9 @@ def _locate_rows(rows: list[dict[str, Any]], rel: str, info: ShardInfo) -> None:
         row.update(shard_path=rel, row_group=pos // size, row_index=pos % size, checksum=checksum)
 
 
-def item_collection(raw: Mapping[str, Any], sensors: SensorRegistry) -> str:
-    """The collection an item is filed under: its ``collection``, else its sensor's name, else ``""``.
+def item_collection(raw: Mapping[str, Any], sensors: SensorRegistry, bands: tuple[str, ...] = ()) -> str:
+    """The collection an item is filed under: its ``collection``, else its matched sensor's name, else the name of
+    the sensor inferred for it (:func:`pipeline.infer.inferred_name`), else ``""``.
 
     The driver (to skip committed items) and the actor (to commit them) must agree on it, as ``resolve_item`` does.
     """
@@ -479,9 +510,12 @@ def item_collection(raw: Mapping[str, Any], sensors: SensorRegistry) -> str:
     if isinstance(collection, str) and collection:
         return collection
     try:
-        return sensors.for_item(raw).name
+        return sensors.for_item(raw, bands).name
     except (KeyError, ValueError, TypeError):
-        return ""
+        try:
+            return inferred_name(raw)
+        except (AttributeError, TypeError, ValueError):
+            return ""
 
 
 def check_item_id(item_id: Any) -> None:
@@ -503,7 +537,11 @@ def check_item_id(item_id: Any) -> None:
 
 
 def _check_usable(item: ResolvedItem, chips: _ChipFilter) -> None:
-    """Reject items that yield nothing usable: no chip at all, or every chip dropped for nodata (all-nodata/NaN)."""
+    """Reject items that yield nothing usable: no chip at all, or not one valid pixel (all-nodata/NaN).
+
+    An item whose chips were all dropped by the quality rules (too much nodata or cloud, or a scene smaller than the
+    chip) is not a failure: it is committed with its chips in the index as dropped, with their reason.
+    """
     counts = chips.counts
     total = sum(counts.values())
     if total == 0:
@@ -511,11 +549,11 @@ def _check_usable(item: ResolvedItem, chips: _ChipFilter) -> None:
             f"Item {item.item_id!r} (collection {item.collection!r}) produced no chips; check its proj:shape and "
             "that its assets are not empty."
         )
-    if counts["written"] == 0 and counts["dropped_cloud"] == 0:
+    if not chips.any_valid:
         raise InvalidItemError(
-            f"Item {item.item_id!r} (collection {item.collection!r}) has no valid pixels: all {total} chips exceed "
-            f"max_nodata {chips.settings.max_nodata:g}% (pixels equal to the nodata value, NaN or outside the "
-            "assets). Check the assets' nodata value (raster:bands / pipeline/sensors.yaml) and the data itself."
+            f"Item {item.item_id!r} (collection {item.collection!r}) has no valid pixels in any of its {total} chips "
+            "(every pixel equals a band's nodata value, is NaN or lies outside the assets). Check the assets' nodata "
+            "value (raster:bands / pipeline/sensors.yaml, or --nodata-override) and the data itself."
         )
     if chips.nonfinite:
         raise InvalidItemError(
@@ -569,6 +607,7 @@ class ItemChipper:
         self.sensors = load_sensors(settings.sensors_path)
         self.gdal = gdal_env(settings.gdal_options)
         self.store = OutputStore.open(settings.output, s3_endpoint=settings.s3_endpoint)
+        self.noted: set[str] = set()  # collections whose SensorInferredWarning text this actor already returned
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Chip every item of the batch (``item_json`` and ``attempt`` columns) and return one row per item."""
@@ -577,5 +616,10 @@ class ItemChipper:
                         attempt=int(attempt))
             for text, attempt in zip(batch["item_json"], batch["attempt"], strict=True)
         ]
+        for k, result in enumerate(results):  # the driver warns once per collection: send each note once per actor
+            if result.sensor_note and result.collection in self.noted:
+                results[k] = replace(result, sensor_note="")
+            elif result.sensor_note:
+                self.noted.add(result.collection)
         columns = [f.name for f in ItemResult.__dataclass_fields__.values()]
         return {name: np.asarray([getattr(r, name) for r in results]) for name in columns}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -99,6 +99,9 @@ class ResolvedItem:
         properties: small scalar provenance copied into the index (``eo:cloud_cover``, ``platform``, ``s2:mgrs_tile``,
             ``s2:processing_baseline``, ``sat:orbit_state``, ``sat:relative_orbit``, ``sar:polarizations`` as text).
         item_json: the original item as a JSON string (lineage; never a Python object column).
+        sensor_metadata: ``SensorSpec.to_metadata()`` of the sensor the item was resolved with (after ``--bands``
+            selection; with an ``inferred`` block when no configured sensor listed its collection).
+        sensor_note: the :class:`~pipeline.warnings.SensorInferredWarning` text when the sensor was inferred.
     """
 
     item_id: str
@@ -113,6 +116,8 @@ class ResolvedItem:
     quality: QualityAsset | None = None
     properties: dict[str, str | float | int | None] = field(default_factory=dict)
     item_json: str = "{}"
+    sensor_metadata: dict[str, Any] = field(default_factory=dict)
+    sensor_note: str | None = None
 
 
 @dataclass
@@ -131,6 +136,10 @@ class Chip:
         valid: ``(H, W)`` bool, True where every band has data.
         nodata_pct, cloud_pct: percentages in [0, 100]; ``cloud_pct`` is ``None`` without a quality raster.
         footprint_wkb: the chip's WGS84 polygon as WKB, computed from its transform (not a nominal cell).
+        band_valid: ``(C, H, W)`` bool, True where each band has data; ``None`` when every band's mask equals
+            ``valid`` (the usual case), so only chips where bands differ carry it.
+        scene_shape: ``(height, width)`` of the item's reference grid in pixels (a scene smaller than the chip
+            leaves the chip's overhang invalid).
     """
 
     chip_id: str
@@ -144,6 +153,8 @@ class Chip:
     nodata_pct: float
     cloud_pct: float | None
     footprint_wkb: bytes
+    band_valid: np.ndarray | None = None
+    scene_shape: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)

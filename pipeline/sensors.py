@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -19,7 +20,7 @@ from typing import Any, Literal, cast
 
 import yaml
 
-from pipeline.errors import SensorConfigError, SensorNotFoundError
+from pipeline.errors import BandSelectionError, SensorConfigError, SensorNotFoundError
 from pipeline.records import Modality, QualityKind, Resampling
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "SensorRegistry",
     "SensorSpec",
     "load_sensors",
+    "match_bands",
     "normalize_platform",
 ]
 
@@ -41,7 +43,7 @@ _RESAMPLINGS: tuple[Resampling, ...] = ("nearest", "bilinear", "cubic", "average
 _QUALITY_KINDS: tuple[QualityKind, ...] = ("scl", "landsat_qa_pixel")
 _BAND_KEYS = frozenset(
     {"name", "common_name", "aliases", "center_wavelength_um", "gsd_m", "nodata", "scale", "offset", "units", "to_db",
-     "resampling", "optional"}
+     "resampling", "optional", "band_index"}
 )
 _DEFAULT_KEYS = frozenset({"nodata", "scale", "offset", "units", "to_db", "resampling"})
 _QUALITY_KEYS = frozenset({"kind", "aliases", "gsd_m", "nodata_values", "cloud_values", "nodata_bits", "cloud_bits"})
@@ -66,7 +68,11 @@ def normalize_platform(value: str) -> str:
 
 @dataclass(frozen=True)
 class BandSpec:
-    """One band of a sensor, in canonical order. Physical value = ``(DN + dn_offset) * scale + offset``."""
+    """One band of a sensor, in canonical order. Physical value = ``(DN + dn_offset) * scale + offset``.
+
+    ``band_index`` is the 1-based band inside the asset the aliases find (1 for single-band assets; multi-band
+    assets of inferred sensors, docs/ingest-inputs.md).
+    """
 
     name: str
     aliases: tuple[str, ...]
@@ -80,10 +86,13 @@ class BandSpec:
     to_db: bool = False
     resampling: Resampling = "bilinear"
     optional: bool = False
+    band_index: int = 1
 
     def to_metadata(self) -> dict[str, Any]:
         """The band's entry in shard metadata (``rs:dataset``) and ``dataset.json``."""
+        extra = {"band_index": self.band_index} if self.band_index != 1 else {}  # absent: hashes stay as they were
         return {
+            **extra,
             "name": self.name,
             "common_name": self.common_name,
             "center_wavelength_um": self.center_wavelength_um,
@@ -217,6 +226,7 @@ class SensorSpec:
     harmonize: HarmonizeSpec | None = None
     center_frequency_ghz: float | None = None
     crs_note: str | None = None
+    inferred: Mapping[str, Any] | None = None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -240,9 +250,20 @@ class SensorSpec:
                 return band
         raise KeyError(f"Sensor `{self.name}` has no band `{name}`; bands: {', '.join(self.band_names)}.")
 
+    def select(self, selectors: Sequence[str]) -> SensorSpec:
+        """This sensor restricted to the bands ``selectors`` name (``--bands``), in their order, all required.
+
+        Raises:
+            BandSelectionError: a selector matches no band, or several, or two selectors pick one band.
+        """
+        bands = match_bands(self, selectors)
+        return dataclasses.replace(self, bands=tuple(dataclasses.replace(b, optional=False) for b in bands))
+
     def to_metadata(self) -> dict[str, Any]:
         """The sensor block written into Parquet key-value metadata and ``dataset.json``."""
+        extra = {"inferred": dict(self.inferred)} if self.inferred else {}
         return {
+            **extra,
             "sensor": self.name,
             "modality": self.modality,
             "description": self.description,
@@ -267,6 +288,54 @@ class SensorSpec:
             "harmonize": self.harmonize.to_metadata() if self.harmonize else None,
         }
         return _short_hash(json.dumps(payload, sort_keys=True, separators=(",", ":")))
+
+
+def _describe(band: BandSpec) -> str:
+    common = f" ({band.common_name})" if band.common_name and band.common_name != band.name else ""
+    return f"{band.name}{common}"
+
+
+def match_bands(spec: SensorSpec, selectors: Sequence[str]) -> tuple[BandSpec, ...]:
+    """The bands of ``spec`` that ``selectors`` name, in selector order (docs/ingest-inputs.md, "Band selection").
+
+    A selector matches, case-insensitively and in this order of precedence: a canonical band name (``B08``), an alias
+    (asset key, ``nir``), a common name (``nir``). The first level with a match decides; several bands at that level
+    (``rededge`` is B05, B06 and B07) is ambiguous.
+
+    Raises:
+        BandSelectionError: a selector matches no band or several, or two selectors name the same band.
+    """
+    chosen: list[BandSpec] = []
+    for selector in selectors:
+        key = selector.strip().lower()
+        levels = (
+            [b for b in spec.bands if b.name.lower() == key],
+            [b for b in spec.bands if key in (a.lower() for a in b.aliases)],
+            [b for b in spec.bands if (b.common_name or "").lower() == key],
+        )
+        found = next((level for level in levels if level), [])
+        listed = ", ".join(_describe(b) for b in spec.bands)
+        if not found:
+            quality = spec.quality is not None and key in (a.lower() for a in spec.quality.aliases)
+            note = (
+                f" `{selector}` is the sensor's quality raster: it is applied as the cloud/nodata rule, never stored "
+                "as a band." if quality else ""
+            )
+            raise BandSelectionError(
+                f"--bands `{selector}` matches no band of sensor `{spec.name}`; its bands are {listed}.{note} Use a "
+                "band name, a common name or an asset key from that list."
+            )
+        if len(found) > 1:
+            raise BandSelectionError(
+                f"--bands `{selector}` is ambiguous for sensor `{spec.name}`: it matches "
+                f"{', '.join(_describe(b) for b in found)}; name one of them."
+            )
+        if found[0] in chosen:
+            raise BandSelectionError(
+                f"--bands names band `{found[0].name}` of sensor `{spec.name}` twice (`{selector}`); list each once."
+            )
+        chosen.append(found[0])
+    return tuple(chosen)
 
 
 @dataclass(frozen=True)
@@ -315,22 +384,28 @@ class SensorRegistry:
         """The sensor that lists ``collection``, or ``None``."""
         return self._by_collection.get(collection)
 
-    def for_item(self, item: Mapping[str, Any]) -> SensorSpec:
-        """Pick the sensor for a raw STAC item.
+    def for_item(self, item: Mapping[str, Any], bands: Sequence[str] = ()) -> SensorSpec:
+        """Pick the sensor for a raw STAC item (see :meth:`match_item`)."""
+        return self.match_item(item, bands)[0]
+
+    def match_item(self, item: Mapping[str, Any], bands: Sequence[str] = ()) -> tuple[SensorSpec, str]:
+        """Pick the sensor for a raw STAC item and say how it matched (``"collection"`` or ``"platform and assets"``).
 
         Matches the item's ``collection`` first. Otherwise the candidates are the sensors listing its ``platform`` or
         ``constellation`` (or every sensor when neither matches), narrowed by product type, and the one whose required
-        bands all resolve from the item's asset keys, with the most matching assets, wins.
+        bands (the ``bands`` selected, when given) all resolve from the item's asset keys, with the most matching
+        assets, wins.
 
         Args:
             item: a STAC item as a dict.
+            bands: the ``--bands`` selectors, if any: only those bands must be present.
 
         Raises:
             SensorNotFoundError: no sensor matches; the message lists the known collections and how to add one.
         """
         collection = item.get("collection")
         if isinstance(collection, str) and collection in self._by_collection:
-            return self._by_collection[collection]
+            return self._by_collection[collection], "collection"
         properties = item.get("properties") or {}
         keys = set(item.get("assets") or {})
         tags = {
@@ -339,14 +414,16 @@ class SensorRegistry:
             if isinstance(properties.get(key), str)
         }
         everything = list(self.sensors.values())
-        candidates = [spec for spec in everything if tags & set(spec.platforms)] or everything
+        by_platform = [spec for spec in everything if tags & set(spec.platforms)]
+        candidates = by_platform or everything
         product_type = next((str(properties[k]) for k in _PRODUCT_TYPE_KEYS if properties.get(k)), None)
         if product_type is not None:
             candidates = [s for s in candidates if not s.product_types or product_type in s.product_types]
-        scored = [(score, spec) for spec in candidates if (score := _asset_score(spec, keys)) is not None]
+        scored = [(score, spec) for spec in candidates if (score := _asset_score(spec, keys, bands)) is not None]
         if scored:
             best = max(score for score, _ in scored)
-            return next(spec for score, spec in scored if score == best)
+            how = "platform and asset keys" if by_platform else "asset keys"
+            return next(spec for score, spec in scored if score == best), how
         item_id = item.get("id", "<no id>")
         raise SensorNotFoundError(
             f"Item `{item_id}` (collection `{collection}`, platform `{properties.get('platform')}`) matches no sensor "
@@ -370,9 +447,17 @@ def _short_hash(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def _asset_score(spec: SensorSpec, keys: set[str]) -> int | None:
-    """How many of the sensor's bands (and its quality raster) ``keys`` has; ``None`` if a required band is missing."""
+def _asset_score(spec: SensorSpec, keys: set[str], bands: Sequence[str] = ()) -> int | None:
+    """How many of the sensor's bands (and its quality raster) ``keys`` has; ``None`` if a required band is missing.
+
+    With ``bands`` (``--bands``), only the selected bands are required; a sensor they do not fit scores ``None``.
+    """
     lowered = {key.lower() for key in keys}
+    if bands:
+        try:
+            spec = spec.select(bands)
+        except BandSelectionError:
+            return None
 
     def found(aliases: Sequence[str]) -> bool:
         return any(alias in keys or alias.lower() in lowered for alias in aliases)
@@ -486,6 +571,7 @@ def _parse_band(where: str, raw: Mapping[str, Any]) -> BandSpec:
         to_db=bool(raw.get("to_db", False)),
         resampling=_choice(f"{where} (`{name}`), `resampling`", raw.get("resampling", "bilinear"), _RESAMPLINGS),
         optional=bool(raw.get("optional", False)),
+        band_index=int(raw.get("band_index", 1)),
     )
 
 

@@ -5,7 +5,9 @@ Layout (data-pipeline.md section 3): one row per chip with the per-row georefere
 the pixels as ``image``, a ``binary`` value holding the chip's C-contiguous ``(C, H, W)`` array in the native dtype,
 little-endian, with its ``dtype`` (dictionary-encoded string) and ``shape`` (3 x int32) in per-row columns, and
 ``valid``, the ``(H, W)`` mask packed 8 pixels a byte (``np.packbits(..., bitorder="little")``, 1 where every band
-has data). Raw bytes instead of an Arrow ``fixed_shape_tensor``: Parquet stores a list column with repetition and
+has data), and ``band_valid``, the ``(C, H, W)`` per-band masks packed the same way, or null where every band's mask
+equals ``valid`` (each band keeps its own pixels wherever it has data; docs/ingest-inputs.md, "Lossless pixels").
+Raw bytes instead of an Arrow ``fixed_shape_tensor``: Parquet stores a list column with repetition and
 definition levels for every element, which made encoding and decoding several times slower than the reads
 (benchmarks/RESULTS.md). Decoding is one zero-copy ``np.frombuffer`` over the column's data buffer.
 One shard holds one item, hence one sensor and one shape.
@@ -51,6 +53,7 @@ __all__ = [
     "chip_checksum",
     "content_checksum",
     "dataset_metadata",
+    "decode_band_valid",
     "decode_images",
     "decode_valid",
     "read_shard",
@@ -61,7 +64,8 @@ __all__ = [
 ]
 
 METADATA_KEY = "rs:dataset"
-SHARD_SCHEMA_VERSION = "2"
+# "3": the nullable per-band validity column `band_valid`.
+SHARD_SCHEMA_VERSION = "3"
 MAX_ROW_GROUP_CHIPS = 256
 MAX_ROW_GROUP_BYTES = 256 * 1024 * 1024
 _SCALAR_COLUMNS = ("chip_id", "item_id", "collection", "grid_cell", "datetime", "crs_epsg", "nodata_pct", "cloud_pct")
@@ -76,6 +80,12 @@ PIXEL_ENCODING: Mapping[str, str] = {
     "byte_order": "little",
     "valid_column": "valid",
     "valid_encoding": "np.packbits(valid.reshape(-1), bitorder='little') of the (H, W) mask, 1 = every band has data",
+    "band_valid_column": "band_valid",
+    "band_valid_encoding": (
+        "np.packbits(band_valid.reshape(-1), bitorder='little') of the (C, H, W) per-band masks in band order, "
+        "1 = this band has data; null where every band's mask equals `valid`. Each band's pixels are its source "
+        "values wherever it has data, even where another band has none; elsewhere they hold the band's nodata"
+    ),
     "checksum": "CRC-32 (zlib.crc32) of the row's image bytes as stored (C-contiguous, little-endian), 8 hex digits",
 }
 # zstd level for every column; level 1 measured fastest at near-equal size on S2 uint16 chips (benchmarks/RESULTS.md).
@@ -152,6 +162,7 @@ def shard_schema(dtype: np.dtype, shape: tuple[int, int, int], metadata: Mapping
         pa.field("dtype", pa.dictionary(pa.int8(), pa.string()), nullable=False),
         pa.field("shape", pa.list_(pa.int32(), 3), nullable=False),
         pa.field("valid", pa.binary(), nullable=False),
+        pa.field("band_valid", pa.binary(), nullable=True),
     ]
     schema = pa.schema(fields)
     if metadata is not None:
@@ -262,6 +273,10 @@ def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -
     np.stack([c.image for c in chips], out=images)  # N x (C, H, W) -> (N, C, H, W), little-endian
     flat_valid = np.stack([c.valid for c in chips]).reshape(n, -1)  # N x (H, W) -> (N, H*W)
     valid = np.packbits(flat_valid, axis=1, bitorder="little")  # (N, H*W) -> (N, ceil(H*W / 8))
+    band_valid = [  # (C, H, W) -> (C*H*W,) -> (ceil(C*H*W / 8),) bytes, or None where the bands agree
+        None if c.band_valid is None else np.packbits(c.band_valid.reshape(-1), bitorder="little").tobytes()
+        for c in chips
+    ]
     checksums = [chip_checksum(image) for image in images]
     when = item.datetime.astimezone(UTC).replace(tzinfo=None)
     columns = {
@@ -286,6 +301,7 @@ def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -
         ),
         "shape": pa.FixedSizeListArray.from_arrays(pa.array(np.tile(np.asarray(first.shape, np.int32), n)), 3),
         "valid": _raw_binary(valid),
+        "band_valid": pa.array(band_valid, pa.binary()),
     }
     return pa.Table.from_arrays(list(columns.values()), schema=schema), checksums
 
@@ -541,3 +557,25 @@ def decode_valid(table: pa.Table) -> np.ndarray:
     packed = _raw_rows(column, (height * width + 7) // 8, "valid")  # (N, ceil(H*W / 8))
     bits = np.unpackbits(packed, axis=1, count=height * width, bitorder="little")  # -> (N, H*W)
     return bits.view(np.bool_).reshape(-1, height, width)  # (N, H*W) -> (N, H, W)
+
+
+def decode_band_valid(table: pa.Table) -> np.ndarray:
+    """The per-band masks as a ``(N, C, H, W)`` bool array: ``band_valid`` where stored, else ``valid`` for every band.
+
+    Needs the ``valid`` and ``shape`` columns, and ``band_valid`` when the shard has it (schema version 3; older
+    shards stored one mask for all bands, which this returns per band).
+    """
+    valid = decode_valid(table)  # (N, H, W)
+    if table.num_rows == 0:
+        return np.empty((0, 0, 0, 0), dtype=np.bool_)
+    channels, height, width = (int(v) for v in _uniform(table, "shape"))
+    out = np.repeat(valid[:, None, :, :], channels, axis=1)  # (N, H, W) -> (N, C, H, W)
+    if "band_valid" not in table.column_names:
+        return out
+    count = channels * height * width
+    for row, packed in enumerate(table.column("band_valid").to_pylist()):
+        if packed is None:
+            continue
+        bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=count, bitorder="little")
+        out[row] = bits.view(np.bool_).reshape(channels, height, width)  # (C*H*W,) -> (C, H, W)
+    return out

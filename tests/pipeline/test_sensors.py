@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,33 @@ def test_malformed_config_names_the_problem(tmp_path: Path, mutate: Any, message
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SensorConfigError, match=message):
         load_sensors(path)
+
+
+def test_band_selection_by_name_common_name_or_asset_key_in_the_given_order() -> None:
+    from pipeline.sensors import match_bands
+
+    l2a = load_sensors()["sentinel-2-l2a"]
+    assert [b.name for b in match_bands(l2a, ["red", "nir"])] == ["B04", "B08"]  # common names
+    assert [b.name for b in match_bands(l2a, ["B8A", "b02", "swir16"])] == ["B8A", "B02", "B11"]  # names, aliases
+    assert [b.name for b in match_bands(l2a, ["nir08"])] == ["B8A"]  # an Earth Search asset key (alias)
+    selected = l2a.select(["nir", "red"])
+    assert selected.band_names == ("B08", "B04") and selected.quality == l2a.quality  # the SCL rule stays
+    assert selected.config_hash != l2a.config_hash
+    landsat = load_sensors()["landsat-c2-l2"]
+    assert not any(b.optional for b in landsat.select(["coastal", "red"]).bands)  # a selected band is required
+
+
+@pytest.mark.parametrize(
+    ("selectors", "message"),
+    [
+        (["rededge"], "`rededge` is ambiguous for sensor `sentinel-2-l2a`: it matches B05 (rededge), B06"),
+        (["B10"], "--bands `B10` matches no band of sensor `sentinel-2-l2a`; its bands are B01 (coastal), B02"),
+        (["scl"], "`scl` is the sensor's quality raster: it is applied as the cloud/nodata rule, never stored"),
+        (["red", "B04"], "--bands names band `B04` of sensor `sentinel-2-l2a` twice (`B04`)"),
+    ],
+)
+def test_band_selection_errors_name_the_selector_and_the_choices(selectors: list[str], message: str) -> None:
+    from pipeline.errors import BandSelectionError
+
+    with pytest.raises(BandSelectionError, match=re.escape(message)):
+        load_sensors()["sentinel-2-l2a"].select(selectors)

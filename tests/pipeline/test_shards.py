@@ -220,3 +220,27 @@ def test_write_and_read_through_s3(moto_s3, s2: tuple[ResolvedItem, list[Chip]])
     assert [chip_checksum(image) for image in decode_images(table)] == table.column("checksum").to_pylist()
     np.testing.assert_array_equal(decode_images(read_shard(uri, filesystem=fs)), np.stack([c.image for c in chips]))
     assert shard_metadata(uri, filesystem=fs)["collection"] == "sentinel-2-l2a"
+
+
+def test_per_band_validity_is_stored_only_where_bands_differ(tmp_path: Path) -> None:
+    from pipeline.shards import PIXEL_ENCODING, decode_band_valid
+
+    item = resolved_item(S2_ALIGNED, ("B02", "B05", "B01"))  # the 60 m B01 overhangs by 40 m; the wedge blends
+    chips = list(cut_item(item, chip_size=32))
+    differing = [c for c in chips if c.band_valid is not None]
+    assert differing and len(differing) < len(chips)
+    info = write_shard(str(tmp_path / "s.parquet"), chips, item, **VERSIONS)
+    table = read_shard(str(tmp_path / "s.parquet"))
+    assert table.column("band_valid").null_count == len(chips) - len(differing)
+    band_valid = decode_band_valid(table)  # (N, C, H, W)
+    for k, chip in enumerate(chips):
+        expected = np.broadcast_to(chip.valid, (3, 32, 32)) if chip.band_valid is None else chip.band_valid
+        np.testing.assert_array_equal(band_valid[k], expected)
+        np.testing.assert_array_equal(band_valid[k].all(axis=0), decode_valid(table)[k])
+    assert info.n_rows == len(chips)
+    meta = shard_metadata(str(tmp_path / "s.parquet"))
+    assert meta["shard_schema_version"] == "3" and meta["pixel_encoding"]["band_valid_column"] == "band_valid"
+    assert "null where every band's mask equals `valid`" in PIXEL_ENCODING["band_valid_encoding"]
+    # A shard without the column (schema 2) decodes to the all-bands mask for every band.
+    old = table.drop_columns(["band_valid"])
+    np.testing.assert_array_equal(decode_band_valid(old), np.repeat(decode_valid(old)[:, None], 3, axis=1))
