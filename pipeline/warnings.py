@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "DegenerateStatsWarning",
+    "InvalidTimestampWarning",
     "MissingBandWarning",
     "PipelineWarning",
     "ServerFeatureWarning",
@@ -22,6 +24,14 @@ class PipelineWarning(UserWarning):
 
 class MissingBandWarning(PipelineWarning):
     """An optional band or quality asset is absent; ingest continues without it."""
+
+
+class DegenerateStatsWarning(PipelineWarning):
+    """A band's normalisation stats are unusable (no valid pixel: NaN mean; constant values: zero std)."""
+
+
+class InvalidTimestampWarning(PipelineWarning):
+    """A stored timestamp (a committed manifest's ``updated``) does not parse; it is left out of the watermark."""
 
 
 class ServerFeatureWarning(PipelineWarning):
