@@ -11,7 +11,10 @@ __all__ = [
     "CRSNotFoundError",
     "GridMismatchError",
     "InvalidItemError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "PipelineError",
+    "ProcessingVersionError",
     "RasterReadError",
     "STACAPIError",
     "SampleDataError",
@@ -68,3 +71,15 @@ class SensorConfigError(PipelineError, ValueError):
 class SampleDataError(PipelineError, RuntimeError):
     """The real sample data could not be fetched from the package registry or converted (pipeline/samples.py)."""
 
+
+
+class LeaseHeldError(PipelineError, RuntimeError):
+    """Another run holds a live lease on the output (pipeline/lease.py); the message names its owner and expiry."""
+
+
+class LeaseLostError(PipelineError, RuntimeError):
+    """This run's lease on the output expired or was taken over; it must stop committing."""
+
+
+class ProcessingVersionError(PipelineError, ValueError):
+    """A dataset version is pinned to another processing version (other chip settings or code)."""

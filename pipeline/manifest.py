@@ -37,12 +37,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import shapely
 
+from pipeline.errors import ProcessingVersionError
 from pipeline.ids import safe_id
 from pipeline.records import FailureRecord
 from pipeline.shards import PIXEL_ENCODING
 from pipeline.stats import BandStats, warn_degenerate
 from pipeline.times import parse_datetime
-from pipeline.uri import TMP_MARKER, atomic_output, resolve, write_atomic
+from pipeline.uri import TMP_MARKER, atomic_output, create_exclusive, resolve, write_atomic
+from pipeline.uri import s3_endpoint as endpoint_url
 from pipeline.warnings import InvalidTimestampWarning
 
 __all__ = [
@@ -60,6 +62,9 @@ __all__ = [
     "iter_manifests",
     "load_manifests",
     "load_summaries",
+    "check_processing_version",
+    "pin_processing_version",
+    "pinned_processing_version",
     "watermarks",
     "write_outputs",
 ]
@@ -151,11 +156,13 @@ class OutputStore:
         uri: the root as given (``/data/out`` or ``s3://bucket/prefix``); never holds credentials.
         filesystem: the pyarrow filesystem (credentials come from the environment, as boto3/pyarrow read them).
         root: the root as a path inside ``filesystem`` (``bucket/prefix`` on S3).
+        endpoint: the S3 endpoint URL used (``None``: AWS or a local path), for conditional writes.
     """
 
     uri: str
     filesystem: pafs.FileSystem
     root: str
+    endpoint: str | None = None
 
     @classmethod
     def open(cls, uri: str, *, s3_endpoint: str | None = None) -> OutputStore:
@@ -168,7 +175,9 @@ class OutputStore:
         if scheme not in ("", "file", "s3") and len(scheme) > 1:
             raise ValueError(f"Output {uri!r} has unsupported scheme {scheme!r}; use a local path or s3://.")
         filesystem, root = resolve(uri, endpoint=s3_endpoint)
-        return cls(uri=root if scheme != "s3" else uri.rstrip("/"), filesystem=filesystem, root=root)
+        if scheme == "s3":
+            return cls(uri=uri.rstrip("/"), filesystem=filesystem, root=root, endpoint=endpoint_url(s3_endpoint))
+        return cls(uri=root, filesystem=filesystem, root=root)
 
     @property
     def is_local(self) -> bool:
@@ -186,6 +195,10 @@ class OutputStore:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` atomically (:func:`pipeline.uri.write_atomic`): readers never see a torn file."""
         write_atomic(self.filesystem, self.path(rel), data)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` only if absent (:func:`pipeline.uri.create_exclusive`); ``True`` when this call did."""
+        return create_exclusive(self.filesystem, self.path(rel), data, endpoint=self.endpoint)
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Write a Parquet file atomically (zstd)."""
@@ -376,6 +389,59 @@ def _time_or_none(value: str | None, what: str) -> datetime | None:
         warnings.warn(InvalidTimestampWarning(f"{err} It is left out of the watermark; re-ingest the item with "
                                               "a valid value to replace it."), stacklevel=3)
         return None
+
+
+def _pin_rel(dataset_version: str) -> str:
+    return f"state/processing_version/{safe_id(dataset_version)}.json"
+
+
+def pinned_processing_version(store: OutputStore, dataset_version: str) -> dict[str, Any] | None:
+    """The processing version a dataset version is pinned to (``{"processing_version", "settings"}``) or ``None``."""
+    if not store.exists(_pin_rel(dataset_version)):
+        return None
+    data: dict[str, Any] = json.loads(store.read_bytes(_pin_rel(dataset_version)))
+    return data
+
+
+def pin_processing_version(
+    store: OutputStore, dataset_version: str, processing_version: str, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Pin ``dataset_version`` to ``processing_version`` (create-if-absent: the first run wins) and return the pin.
+
+    One dataset version never mixes processing versions (chip sizes, code versions): every run pins before it works
+    and every commit re-checks the pin (:func:`check_processing_version`).
+
+    Raises:
+        ProcessingVersionError: the dataset version is pinned to another processing version.
+    """
+    record = {"dataset_version": dataset_version, "processing_version": processing_version,
+              "settings": dict(settings)}
+    if not store.create(_pin_rel(dataset_version), (json.dumps(record, sort_keys=True) + "\n").encode()):
+        record = pinned_processing_version(store, dataset_version) or record
+    check_processing_version(store, dataset_version, processing_version, pinned=record)
+    return record
+
+
+def check_processing_version(
+    store: OutputStore, dataset_version: str, processing_version: str, *, pinned: Mapping[str, Any] | None = None
+) -> None:
+    """Raise :class:`~pipeline.errors.ProcessingVersionError` when the pin names another processing version.
+
+    A dataset version without a pin (written before pins existed) passes; :func:`pin_processing_version` adds one.
+    """
+    pin = pinned if pinned is not None else pinned_processing_version(store, dataset_version)
+    if pin is None or pin.get("processing_version") == processing_version:
+        return
+    theirs = pin.get("processing_version")
+    settings = ", ".join(f"{k}={v}" for k, v in sorted((pin.get("settings") or {}).items()))
+    raise ProcessingVersionError(
+        f"Dataset version {dataset_version!r} in {store.uri} was built with processing_version {theirs!r}"
+        f"{f' ({settings})' if settings else ''}, but this run gives {processing_version!r} (it changes with chip "
+        "size, stride, drop limits, nodata overrides, the sensor config and the ingest code version). Shards are "
+        "append-only and never mixed across processing versions, so either pass a new --dataset-version (e.g. "
+        f"--dataset-version {dataset_version}-{processing_version}) to build a new dataset next to the old one in "
+        "the same --output, or use a new --output; or re-run with the settings and code that built the old one."
+    )
 
 
 class _Watermarks:

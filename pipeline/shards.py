@@ -396,16 +396,22 @@ def write_shard(
 
 
 def read_shard(
-    uri: str, columns: Sequence[str] | None = None, filesystem: pafs.FileSystem | None = None
+    uri: str, columns: Sequence[str] | None = None, filesystem: pafs.FileSystem | None = None, *,
+    s3_endpoint: str | None = None,
 ) -> pa.Table:
-    """Read a shard (or some of its columns) as an Arrow table; decode pixels with :func:`decode_images`."""
-    fs, path = resolve(uri, filesystem)
+    """Read a shard (or some of its columns) as an Arrow table; decode pixels with :func:`decode_images`.
+
+    ``s3_endpoint`` (default ``AWS_ENDPOINT_URL``) is the S3 endpoint for ``s3://`` URIs, as for the ingest output.
+    """
+    fs, path = resolve(uri, filesystem, endpoint=s3_endpoint)
     return pq.read_table(path, columns=None if columns is None else list(columns), filesystem=fs)
 
 
-def shard_metadata(uri: str, filesystem: pafs.FileSystem | None = None) -> dict[str, Any]:
-    """The ``rs:dataset`` JSON object of a shard, read from its footer only."""
-    fs, path = resolve(uri, filesystem)
+def shard_metadata(
+    uri: str, filesystem: pafs.FileSystem | None = None, *, s3_endpoint: str | None = None
+) -> dict[str, Any]:
+    """The ``rs:dataset`` JSON object of a shard, read from its footer only (``s3_endpoint`` as for :func:`read_shard`)."""
+    fs, path = resolve(uri, filesystem, endpoint=s3_endpoint)
     schema = pq.read_schema(path, filesystem=fs)
     raw = (schema.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:

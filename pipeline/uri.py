@@ -21,7 +21,16 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["TMP_MARKER", "atomic_output", "is_object_store", "resolve", "s3_endpoint", "s3_filesystem", "write_atomic"]
+__all__ = [
+    "TMP_MARKER",
+    "atomic_output",
+    "create_exclusive",
+    "is_object_store",
+    "resolve",
+    "s3_endpoint",
+    "s3_filesystem",
+    "write_atomic",
+]
 
 # Temporary files carry this in their name; listings skip them (a crash mid-write leaves one behind, never a file).
 TMP_MARKER = ".tmp-"
@@ -141,3 +150,52 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_output`."""
     with atomic_output(fs, path) as stream:
         stream.write(data)
+
+
+def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes, *, endpoint: str | None = None) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist yet; ``True`` when this call created it.
+
+    Exactly one of several concurrent callers wins (docs/ingest-lease.md, "Create-if-absent"):
+
+    * local: the whole content is written and fsynced under a temporary name, then ``os.link``-ed to ``path``, which
+      fails if ``path`` exists (never a torn file, atomic on POSIX filesystems, NFS included);
+    * S3: ``PutObject`` with ``If-None-Match: *`` (a conditional write: S3 answers 412 when the key exists).
+
+    Raises:
+        OSError: the store refused the write for another reason (permissions, unreachable endpoint).
+        ValueError: a filesystem that supports neither protocol.
+    """
+    if isinstance(fs, pafs.LocalFileSystem):
+        parent, name = os.path.split(path)
+        os.makedirs(parent or ".", exist_ok=True)
+        tmp = f"{parent}/.{name}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_path(parent or ".", directory=True)
+        return True
+    if isinstance(fs, getattr(pafs, "S3FileSystem", ())):
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = path.partition("/")
+        client = boto3.client("s3", endpoint_url=s3_endpoint(endpoint))
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise OSError(f"Cannot create s3://{path}: {code or status}: {err}") from None
+        except BotoCoreError as err:
+            raise OSError(f"Cannot create s3://{path}: {err}") from None
+        return True
+    raise ValueError(f"create_exclusive supports local paths and S3, not {type(fs).__name__}.")
