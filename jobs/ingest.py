@@ -9,21 +9,28 @@ Run locally or on a cluster::
 
 Steps (data-pipeline.md §7):
 
+0. **Validate and lease**: every flag is checked before any work (bad ``--since``/``--datetime``/``--bbox``, a missing
+   ``--config``, an unknown ``--nodata-override`` band, an ``--output`` that is a file or not writable: exit 2). The
+   run then takes the output's lease and pins the dataset version's processing version (docs/ingest-lease.md): a
+   second run while one is going, or a run with other chip settings into a pinned dataset version, exits 2.
 1. **Search** on the driver: a STAC API through pystac-client (``--stac-api``) or a static catalog / ItemCollection /
-   JSON array (``--catalog``), with the same filters applied client-side. The results are snapshotted to
+   JSON array (``--catalog``), with the same filters applied client-side. Duplicate ids are reported (differing
+   copies as search-stage failures). When there is work to do the results are snapshotted (hrefs redacted) to
    ``OUTPUT/snapshots/{run_id}.ndjson``; items that cannot be parsed become search-stage failures.
 2. **Skip finished work**: items whose committed manifest has the same ``(item_id, processing_version, updated)`` are
    not processed again. ``--since`` keeps only items acquired or updated at/after a watermark (``auto``: the
    dataset's own watermark minus ``--lookback-days``).
 3. **Chip** with ``map_batches(ItemChipper, batch_size=1, concurrency=(1, workers), num_cpus=1)``; each actor writes
    shards and commits manifests itself and returns small rows, streamed back here for the progress bar.
-4. **Rebuild** ``index.parquet``, ``failures.parquet`` and ``dataset.json`` from all manifests (atomic writes).
+4. **Rebuild** ``index.parquet``, ``failures.parquet`` and ``dataset.json`` from all manifests, streamed (atomic
+   writes); failures whose manifest the store refused are in ``failures.parquet`` too.
 
 Cloud limits: ``--max-cloud`` drops chips whose cloud percentage (from SCL/QA) exceeds it; unless
 ``--max-item-cloud`` is given it is also the item-level ``eo:cloud_cover`` search filter. The default (unset) keeps
 cloudy chips: filtering on cloud is a sampling decision. ``--max-nodata`` defaults to 50 %, stacchip's choice.
 
-Exit status: 0 when every item succeeded, 3 when some failed (partial), 1 when the dataset holds no ingested item.
+Exit status: 0 when every item succeeded, 3 when some failed (partial), 1 when the dataset holds no ingested item,
+2 for bad flags, an unusable output, a held lease or a pinned processing version (one ``error:`` line, no traceback).
 """
 
 from __future__ import annotations

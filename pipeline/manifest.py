@@ -6,6 +6,8 @@ Layout of an ingest output (a local directory or ``s3://bucket/prefix``)::
     manifests/{dataset_version}/{collection}/{key}.json          one committed item: its chips, counts, stats partial
     manifests/{dataset_version}/{collection}/{key}.failed.json   the last failure of an item not (re)committed yet
     snapshots/{run_id}.ndjson                                   the search results one run worked from
+    state/lease/ingest/{generation}.json                       the output's lease (pipeline/lease.py)
+    state/processing_version/{dataset_version}.json             the processing version a dataset version is pinned to
     index.parquet  failures.parquet  dataset.json               rebuilt from the manifests at the end of every run
 
 **Commit protocol.** A shard exists only once its manifest is written: the actor writes the shard (atomically), then
@@ -14,8 +16,10 @@ atomic). A crash between the two leaves an orphan shard that nothing references;
 deterministic path. The unit of work is ``(item_id, processing_version, updated)``: a re-run skips items whose
 committed manifest matches all three, and a changed ``updated`` writes a new shard (a new fingerprint) and replaces
 the manifest, so the old shard is superseded (kept on disk, append-only, but no longer indexed). ``index.parquet``,
-``failures.parquet`` and ``dataset.json`` are pure functions of the manifests (sorted, no wall-clock fields), so an
-idempotent re-run reproduces them byte for byte.
+``failures.parquet`` and ``dataset.json`` are pure functions of the manifests (in manifest path order, no wall-clock
+fields), so an idempotent re-run reproduces them byte for byte. They are rebuilt by streaming the manifests (one in
+memory at a time); planning reads only :class:`ManifestSummary` records. Concurrency (the lease) and the
+processing-version pin are described in docs/ingest-lease.md.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import shapely
@@ -71,7 +76,7 @@ __all__ = [
 
 ChipStatus = Literal["written", "dropped_nodata", "dropped_cloud"]
 MANIFEST_VERSION = 1
-INDEX_ROWS_PER_GROUP = 65536
+INDEX_ROWS_PER_GROUP = 16384
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 INDEX_SCHEMA = pa.schema(
@@ -518,25 +523,30 @@ class _IndexWriter:
         self._spool = tempfile.TemporaryDirectory(prefix="rsvheat-index-")
         self._spool_path = os.path.join(self._spool.name, "index.parquet")
         self._writer = pq.ParquetWriter(self._spool_path, INDEX_SCHEMA, compression="zstd")
-        self._rows: list[dict[str, Any]] = []
+        self._batches: list[pa.Table] = []
+        self._pending = 0
         self._bbox: list[float] | None = None
 
     def add(self, m: ItemManifest) -> None:
-        self._rows.extend(_index_rows(m))
-        if len(self._rows) >= INDEX_ROWS_PER_GROUP:
+        rows = _index_rows(m)
+        if not rows:
+            return
+        batch = _index_batch(rows)  # columnar at once: ~0.3 KB a chip instead of a Python dict per chip
+        box = batch.column("bbox").combine_chunks()
+        edges = [pc.min(box.field("xmin")).as_py(), pc.min(box.field("ymin")).as_py(),
+                 pc.max(box.field("xmax")).as_py(), pc.max(box.field("ymax")).as_py()]
+        self._bbox = edges if self._bbox is None else [
+            *map(min, self._bbox[:2], edges[:2]), *map(max, self._bbox[2:], edges[2:])
+        ]
+        self._batches.append(batch)
+        self._pending += batch.num_rows
+        if self._pending >= INDEX_ROWS_PER_GROUP:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._rows:
-            return
-        for row in self._rows:
-            box = row["bbox"]
-            edges = [box["xmin"], box["ymin"], box["xmax"], box["ymax"]]
-            self._bbox = edges if self._bbox is None else [
-                *map(min, self._bbox[:2], edges[:2]), *map(max, self._bbox[2:], edges[2:])
-            ]
-        self._writer.write_table(_index_batch(self._rows))
-        self._rows = []
+        if self._batches:
+            self._writer.write_table(pa.concat_tables(self._batches))
+        self._batches, self._pending = [], 0
 
     def close(self) -> None:
         """Write ``index.parquet`` atomically from the spool."""
