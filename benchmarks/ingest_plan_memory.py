@@ -186,7 +186,9 @@ def main() -> None:
         body = (
             f"Driver memory of planning and rebuilding an output of {args.items} committed manifests "
             f"({mean_kb:.1f} KB each): peak RSS above the child process's baseline, each phase in a fresh process.\n"
-            f"Date {header['date_utc']}, load {header['load_start']}, command `{header['command']}`.\n\n{table}\n\n"
+            f"Date {header['date_utc']}; machine {header['machine']['cpu_model']}, {header['machine']['cpu_count']} "
+            f"cores, {header['machine']['ram_gib']} GiB; load {header['load_start']}; command "
+            f"`{header['command']}`.\n\n{table}\n\n"
             "`plan` is what the driver holds to skip committed items; `rebuild` writes index.parquet + dataset.json; "
             "`rows` is what it kept of the actors' result rows. The streamed index still spools its rows to a local "
             "temporary Parquet file; dataset.json still lists every shard and manifest path.\n"

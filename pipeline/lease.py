@@ -7,7 +7,8 @@ a local directory (NFS included) or S3. Acquiring it never needs a lock server, 
 1. read the newest generation ``g`` (a listing of the lease folder);
 2. if it is live (not released, not expired) and held by another owner: refuse with :class:`LeaseHeldError`;
 3. otherwise create generation ``g + 1``. Only one of several racing runs can create it; the losers re-read and see
-   a live lease held by the winner. A crashed run's lease simply expires and is taken over this way.
+   a live lease held by the winner. A crashed run's lease is taken over once it expires, or at once when the holder
+   ran on this host and its process is gone.
 
 The holder renews its own generation file every ``ttl / 3`` seconds from a daemon thread (a heartbeat). It has lost
 the lease when a newer generation exists or its expiry passed without a renewal; :meth:`Lease.check` (the driver,
@@ -268,7 +269,7 @@ def _acquire(store: OutputStore, owner: str, ttl: float, name: str, clock: Calla
     for _ in range(8):  # each lost race means a newer generation exists: re-read and decide again
         newest = current_lease(store, name)
         now = clock()
-        if newest is not None and newest.live(now) and newest.owner != owner:
+        if newest is not None and newest.live(now) and newest.owner != owner and not _holder_died(newest):
             raise LeaseHeldError(
                 f"Output {store.uri} is being written by another run: {newest.describe()}. Wait for it to finish "
                 f"(or for the lease to expire if it crashed), or write to another --output. Lease files: "
@@ -285,6 +286,22 @@ def _acquire(store: OutputStore, owner: str, ttl: float, name: str, clock: Calla
     newest = current_lease(store, name)
     raise LeaseHeldError(f"Output {store.uri}: lost every race for the lease; newest is "
                          f"{newest.describe() if newest else 'none'}. Retry in a moment.")
+
+
+def _holder_died(record: LeaseRecord) -> bool:
+    """True when the holder ran on this host and its process is gone (a crash: no need to wait for the expiry).
+
+    Holders on other hosts cannot be probed; their lease is taken over once it expires.
+    """
+    if record.host != socket.gethostname() or record.pid <= 0:
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
 
 
 def verify_lease(store: OutputStore, owner: str, generation: int, name: str = "ingest",

@@ -309,7 +309,9 @@ def ingest_item(
         updated = (raw.get("properties") or {}).get("updated")
         check_item_id(raw.get("id"))
         check_updated(item_id, updated)
+        state["stage"] = "commit"
         _check_commit(store, settings)  # before any pixel is read: no shard for a run that may not commit
+        state["stage"] = "resolve"
         item = resolved = resolve_item(raw, sensors, overrides=settings.overrides or None)
         sensor_metadata = sensor_block(sensors.for_item(raw).to_metadata(), item)
         collection = item.collection

@@ -93,23 +93,31 @@ def test_heartbeat_thread_renews(tmp_path: Path) -> None:
 def test_same_owner_takes_over_its_own_live_lease(store: OutputStore) -> None:
     """A retried scheduled run (same deterministic submission id) need not wait for its crashed try's expiry."""
     clock = Clock()
-    acquire_lease(store, "ingest-s2-20261123T0600", ttl=600, clock=clock, renew_every=0).__enter__()
+    crashed_try = acquire_lease(store, "ingest-s2-20261123T0600", ttl=600, clock=clock, renew_every=0)
+    crashed_try.__enter__()  # kept referenced: never released
+    with pytest.raises(LeaseHeldError):
+        with acquire_lease(store, "another-slot", ttl=600, clock=clock, renew_every=0):
+            pass
     with acquire_lease(store, "ingest-s2-20261123T0600", ttl=600, clock=clock, renew_every=0) as lease:
         assert lease.generation == 2
 
 
-def test_racing_runs_get_exactly_one_lease(store: OutputStore) -> None:
+def test_racing_runs_get_exactly_one_lease(tmp_path: Path) -> None:
+    """Six threads race for a local lease (os.link is atomic): one wins, five are refused naming the winner."""
+    store = OutputStore.open(str(tmp_path))
     winners: list[str] = []
     refused: list[str] = []
+    kept: list[Any] = []
     barrier = threading.Barrier(6)
 
     def run(name: str) -> None:
         barrier.wait()
         try:
-            lease = acquire_lease(store, name, ttl=60, renew_every=0).__enter__()
-            winners.append(lease.owner)
-        except LeaseHeldError:
-            refused.append(name)
+            manager = acquire_lease(store, name, ttl=60, renew_every=0)
+            kept.append(manager)  # a collected context manager would release the lease
+            winners.append(manager.__enter__().owner)
+        except LeaseHeldError as err:
+            refused.append(str(err))
 
     threads = [threading.Thread(target=run, args=(f"run-{k}",)) for k in range(6)]
     for t in threads:
@@ -117,8 +125,38 @@ def test_racing_runs_get_exactly_one_lease(store: OutputStore) -> None:
     for t in threads:
         t.join()
     assert len(winners) == 1 and len(refused) == 5
+    assert all(f"owner {winners[0]!r}" in message for message in refused)
     record = current_lease(store)
     assert record is not None and record.owner == winners[0] and record.generation == 1
+
+
+def test_a_run_that_loses_the_create_race_rereads_and_is_refused(
+    store: OutputStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race, made deterministic: run B read "no lease" just before run A created generation 1.
+
+    B's create of generation 1 must fail (``os.link`` / S3 ``If-None-Match: *``), and B must re-read and be refused.
+    (moto's conditional PUT is not atomic under concurrent threads, so the S3 race is staged, not threaded.)
+    """
+    import pipeline.lease as lease_module
+
+    real = lease_module.current_lease
+    calls = {"n": 0}
+    held: list[Any] = []  # keeps run A's context manager alive (a collected one would release the lease)
+
+    def stale_first(store_: OutputStore, name: str = "ingest") -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:  # B's first read happened before A's create
+            held.append(acquire_lease(store_, "run-a", ttl=60, renew_every=0))
+            held[-1].__enter__()
+            return None
+        return real(store_, name)
+
+    monkeypatch.setattr(lease_module, "current_lease", stale_first)
+    with pytest.raises(LeaseHeldError, match="owner 'run-a'"):
+        with acquire_lease(store, "run-b", ttl=60, renew_every=0):
+            pass
+    assert calls["n"] >= 2 and real(store).owner == "run-a"
 
 
 def test_ttl_must_be_positive(tmp_path: Path) -> None:
@@ -134,3 +172,24 @@ def test_lease_on_an_unwritable_s3_bucket_is_an_os_error(moto_s3: Any, monkeypat
     with pytest.raises(OSError):
         with acquire_lease(store, "x", ttl=60, renew_every=0):
             pass
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    """A crashed driver on this machine (its pid is gone) does not block the next run until the expiry."""
+    import subprocess
+    import sys
+
+    store = OutputStore.open(str(tmp_path))
+    script = ("import sys; from pipeline.lease import acquire_lease; from pipeline.manifest import OutputStore; "
+              "cm = acquire_lease(OutputStore.open(sys.argv[1]), 'crashed', ttl=600, renew_every=0); "
+              "cm.__enter__(); import os; os._exit(0)")  # dies holding the lease: no release, no clean-up
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[2])
+    held = current_lease(store)
+    assert held is not None and held.owner == "crashed" and not held.released  # the process exited holding it
+    with acquire_lease(store, "next", ttl=600, renew_every=0) as lease:
+        assert lease.generation == 2
+    with acquire_lease(store, "mine", ttl=600, renew_every=0):  # a live holder (this process) is never taken over
+        with pytest.raises(LeaseHeldError):
+            with acquire_lease(store, "other", ttl=600, renew_every=0):
+                pass
