@@ -72,6 +72,7 @@ def quiet_ray_noise() -> Iterator[None]:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF and drains
+        os.dup2(saved, 2)  # closes our write end of the pipe: the pump sees EOF and drains
         thread.join(timeout=10)
-        os.close(saved)
+        if not thread.is_alive():  # a child process that inherited the pipe keeps the pump (and `saved`) alive
+            os.close(saved)

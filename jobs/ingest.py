@@ -61,6 +61,7 @@ from pipeline.manifest import (
     ItemManifest,
     ManifestSummary,
     OutputStore,
+    check_processing_version,
     load_summaries,
     pin_processing_version,
     watermarks,
@@ -562,12 +563,11 @@ def _run_leased(cfg: IngestConfig, store: OutputStore, sensors: Any, pv: str, ov
 
     existing = load_summaries(store, cfg.dataset_version)  # one small summary per item, never whole manifests
     other = sorted({m.processing_version for m in existing["committed"].values()} - {pv})
-    pin_settings = {"chip_size": cfg.chip_size, "stride": cfg.stride if cfg.stride is not None else cfg.chip_size,
-                    "max_nodata": cfg.max_nodata, "max_cloud": cfg.max_cloud}
     try:
         if other:  # a dataset committed before pins existed: its manifests are the record
             pin_processing_version(store, cfg.dataset_version, other[0], {})
-        pin_processing_version(store, cfg.dataset_version, pv, pin_settings)
+        # The first commit pins the dataset version (an output that never committed anything binds nobody).
+        check_processing_version(store, cfg.dataset_version, pv)
     except ProcessingVersionError as err:
         raise ConfigError(str(err)) from None
     since = _since(cfg, existing["committed"].values())

@@ -36,7 +36,14 @@ from pipeline.errors import InvalidItemError, LeaseLostError, ProcessingVersionE
 from pipeline.items import BandOverride, resolve_item
 from pipeline.ids import safe_id
 from pipeline.lease import verify_lease
-from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, check_processing_version, chip_key
+from pipeline.manifest import (
+    EXTRA_PROPERTIES,
+    ItemManifest,
+    OutputStore,
+    check_processing_version,
+    chip_key,
+    pin_processing_version,
+)
 from pipeline.records import Chip, FailureRecord, ResolvedItem
 from pipeline.sensors import SensorRegistry, load_sensors
 from pipeline.shards import ShardInfo, write_shard
@@ -368,7 +375,7 @@ def ingest_item(
             attempt=attempt,
         )
         state["stage"] = "commit"
-        _check_commit(store, settings)
+        _check_commit(store, settings, pin=True)
         path = manifest.commit(store)
         return ItemResult(
             item_id=item.item_id,
@@ -535,13 +542,21 @@ def check_updated(item_id: str, updated: Any) -> None:
         raise InvalidItemError(f"{err} Fix or remove `updated` in the catalog (STAC requires RFC 3339).") from None
 
 
-def _check_commit(store: OutputStore, settings: IngestSettings) -> None:
+def _check_commit(store: OutputStore, settings: IngestSettings, *, pin: bool = False) -> None:
     """The run may commit: its lease is still the newest (if it has one) and the dataset's processing-version pin
-    matches (a dataset version never mixes chip sizes or code versions).
+    matches (a dataset version never mixes chip sizes or code versions). With ``pin``, the first commit of a dataset
+    version creates the pin (create-if-absent: of two racing runs one pins, the other's commit is refused).
     """
     if settings.lease_owner is not None and settings.lease_generation is not None:
         verify_lease(store, settings.lease_owner, settings.lease_generation)
-    check_processing_version(store, settings.dataset_version, settings.processing_version)
+    if pin:
+        stride = settings.stride if settings.stride is not None else settings.chip_size
+        pin_processing_version(store, settings.dataset_version, settings.processing_version, {
+            "chip_size": settings.chip_size, "stride": stride, "max_nodata": settings.max_nodata,
+            "max_cloud": settings.max_cloud,
+        })
+    else:
+        check_processing_version(store, settings.dataset_version, settings.processing_version)
 
 
 def sensor_block(sensor: Mapping[str, Any], item: ResolvedItem) -> dict[str, Any]:

@@ -14,7 +14,14 @@ import pytest
 import pipeline.ray_ingest as ray_ingest
 from pipeline.errors import InvalidItemError
 from pipeline.lease import acquire_lease
-from pipeline.manifest import ItemManifest, OutputStore, load_manifests, pin_processing_version, write_outputs
+from pipeline.manifest import (
+    ItemManifest,
+    OutputStore,
+    load_manifests,
+    pin_processing_version,
+    pinned_processing_version,
+    write_outputs,
+)
 from pipeline.ray_ingest import IngestSettings, _ChipFilter, ingest_item, processing_version
 from pipeline.sensors import load_sensors
 from pipeline.shards import shard_metadata, write_shard
@@ -69,6 +76,7 @@ def test_malformed_updated_fails_the_item_at_resolve(tmp_path: Path) -> None:
     assert "property `updated` 'yesterday' is not an RFC 3339" in result.message
     assert not list(tmp_path.glob("shards/**/*"))
     assert load_manifests(store, "v1")["committed"] == []
+    assert pinned_processing_version(store, "v1") is None  # nothing committed: the dataset version binds nobody
     write_outputs(store, dataset_version="v1", source={})  # the rebuild after it works
 
 
@@ -105,6 +113,8 @@ def test_commit_needs_the_runs_lease(tmp_path: Path) -> None:
         ok = _settings(tmp_path, lease_owner="driver", lease_generation=lease.generation)
         assert ingest_item(json.dumps(_item("sentinel-1-rtc")), ok, sensors=load_sensors(), store=store).status == (
             "committed")
+    pin = pinned_processing_version(store, "v1")  # the first commit pinned the dataset version
+    assert pin is not None and pin["processing_version"] == ok.processing_version and pin["settings"]["chip_size"] == 64
     # the driver released the lease (or lost it): its actors commit nothing more, not even a failure manifest
     stale = _settings(tmp_path, lease_owner="driver", lease_generation=1)
     result = ingest_item(json.dumps(_item("sentinel-2-l2a")), stale, sensors=load_sensors(), store=store)
