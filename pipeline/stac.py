@@ -635,20 +635,23 @@ def _walk(data: Any, location: str, collection: str | None, found: list[dict[str
 
 
 def redacted_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``item`` whose asset and link hrefs carry no query string or user info (no tokens on disk)."""
+    """A deep copy of ``item`` whose asset hrefs carry no query string or user info (signed tokens never reach disk).
+
+    Links are kept as they are: their query strings are API parameters (tile or preview URLs), not credentials.
+    """
     clean: dict[str, Any] = json.loads(json.dumps(item))
-    for entry in [*(clean.get("assets") or {}).values(), *(clean.get("links") or [])]:
-        if isinstance(entry, dict) and isinstance(entry.get("href"), str):
-            entry["href"] = redact_href(entry["href"])
+    for asset in (clean.get("assets") or {}).values():
+        if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+            asset["href"] = redact_href(asset["href"])
     return clean
 
 
 def write_snapshot(items: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *,
                    filesystem: Any = None, s3_endpoint: str | None = None) -> str:
-    """Write items as ndjson (one item per line, keys sorted, hrefs redacted) for :func:`read_catalog` to re-read.
+    """Write items as ndjson (one item per line, keys sorted, asset hrefs redacted) for :func:`read_catalog` to re-read.
 
     Items are streamed to the file one at a time; the file appears atomically (:func:`pipeline.uri.atomic_output`:
-    a fsynced temporary renamed into place locally, one upload on S3). Hrefs lose query strings and user info
+    a fsynced temporary renamed into place locally, one upload on S3). Asset hrefs lose query strings and user info
     (:func:`redacted_item`): signed URLs expire anyway, and a snapshot must never hold a token.
 
     Args:

@@ -108,3 +108,18 @@ def test_create_exclusive_s3_is_a_conditional_write(moto_s3: Any, monkeypatch: p
     assert store.create("lock/g.json", b"first")
     assert not store.create("lock/g.json", b"second")
     assert store.read_bytes("lock/g.json") == b"first"
+
+
+def test_snapshot_redacts_signed_asset_hrefs(tmp_path: Path) -> None:
+    """The one snapshot writer: streamed ndjson, atomic, no token or credential of an asset href on disk."""
+    from pipeline.stac import write_snapshot
+
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "a", "geometry": None, "properties":
+            {"datetime": "2024-01-01T00:00:00Z"}, "links": [{"rel": "preview", "href": "https://h/map?item=a"}],
+            "assets": {"B04": {"href": "https://user:hunter2@h/b04.tif?se=2030&sig=SECRET"}}}
+    path = write_snapshot(iter([item]), tmp_path / "snap.ndjson")
+    text = Path(path).read_text()
+    assert "SECRET" not in text and "hunter2" not in text and "https://h/b04.tif" in text
+    assert "https://h/map?item=a" in text  # API parameters in links are kept
+    assert [p.name for p in tmp_path.iterdir()] == ["snap.ndjson"]
+    assert json.loads(text)["assets"]["B04"]["href"] == "https://h/b04.tif"
