@@ -7,8 +7,10 @@ PIP := $(PY) -m pip
 SAMPLES := .cache/samples
 DEMO_OUT ?= out/demo
 PYTEST_FLAGS ?= -q -p no:cacheprovider
-# pytest exits 5 when a marker selects no test; a marker suite that is empty for now is not a failure.
-PYTEST_MARKED = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$? -eq 5
+# A marked suite; pytest exits 5 when the marker selects no test, which fails the required suites (realdata,
+# cluster: an empty selection means the suite was lost). Only the optional `slow` suite may be empty for now.
+PYTEST_MARKED = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1)
+PYTEST_MARKED_MAY_BE_EMPTY = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$? -eq 5
 
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
@@ -46,7 +48,7 @@ test-cluster: install
 	$(call PYTEST_MARKED,cluster)
 
 test-slow: install
-	$(call PYTEST_MARKED,slow)
+	$(call PYTEST_MARKED_MAY_BE_EMPTY,slow)
 
 test-all: test test-slow
 

@@ -155,7 +155,9 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any], *, source: str = "
 
 def build_parser(cls: type, *, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` plus one flag per dataclass field (defaults suppressed)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    # allow_abbrev=False: `--work 5` is an unknown flag, never silently `--workers 5`.
+    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
+                                     allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of config keys; flags given on the command line override it")
     for name, (f, tp) in _fields(cls).items():
         flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
@@ -185,7 +187,16 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, description
     values: dict[str, Any] = {}
     config_path = given.pop("config", None)
     if config_path is not None:
-        loaded = yaml.safe_load(Path(config_path).read_text())
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(
+                f"--config {config_path}: {'is a directory' if path.is_dir() else 'no such file'}; pass the path of a "
+                "YAML file of config keys (e.g. jobs/configs/ingest_sample.yaml)."
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"--config {config_path} cannot be read as YAML: {err}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

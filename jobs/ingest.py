@@ -9,21 +9,28 @@ Run locally or on a cluster::
 
 Steps (data-pipeline.md §7):
 
+0. **Validate and lease**: every flag is checked before any work (bad ``--since``/``--datetime``/``--bbox``, a missing
+   ``--config``, an unknown ``--nodata-override`` band, an ``--output`` that is a file or not writable: exit 2). The
+   run then takes the output's lease and pins the dataset version's processing version (docs/ingest-lease.md): a
+   second run while one is going, or a run with other chip settings into a pinned dataset version, exits 2.
 1. **Search** on the driver: a STAC API through pystac-client (``--stac-api``) or a static catalog / ItemCollection /
-   JSON array (``--catalog``), with the same filters applied client-side. The results are snapshotted to
+   JSON array (``--catalog``), with the same filters applied client-side. Duplicate ids are reported (differing
+   copies as search-stage failures). When there is work to do the results are snapshotted (hrefs redacted) to
    ``OUTPUT/snapshots/{run_id}.ndjson``; items that cannot be parsed become search-stage failures.
 2. **Skip finished work**: items whose committed manifest has the same ``(item_id, processing_version, updated)`` are
    not processed again. ``--since`` keeps only items acquired or updated at/after a watermark (``auto``: the
    dataset's own watermark minus ``--lookback-days``).
 3. **Chip** with ``map_batches(ItemChipper, batch_size=1, concurrency=(1, workers), num_cpus=1)``; each actor writes
    shards and commits manifests itself and returns small rows, streamed back here for the progress bar.
-4. **Rebuild** ``index.parquet``, ``failures.parquet`` and ``dataset.json`` from all manifests (atomic writes).
+4. **Rebuild** ``index.parquet``, ``failures.parquet`` and ``dataset.json`` from all manifests, streamed (atomic
+   writes); failures whose manifest the store refused are in ``failures.parquet`` too.
 
 Cloud limits: ``--max-cloud`` drops chips whose cloud percentage (from SCL/QA) exceeds it; unless
 ``--max-item-cloud`` is given it is also the item-level ``eo:cloud_cover`` search filter. The default (unset) keeps
 cloudy chips: filtering on cloud is a sampling decision. ``--max-nodata`` defaults to 50 %, stacchip's choice.
 
-Exit status: 0 when every item succeeded, 3 when some failed (partial), 1 when the dataset holds no ingested item.
+Exit status: 0 when every item succeeded, 3 when some failed (partial), 1 when the dataset holds no ingested item,
+2 for bad flags, an unusable output, a held lease or a pinned processing version (one ``error:`` line, no traceback).
 """
 
 from __future__ import annotations
@@ -34,29 +41,56 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python jobs/ingest.py` (also under `ray job submit --working-dir .`)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs._config import ConfigError, parse_config, to_dict
+from jobs._ray_noise import quiet_ray_noise
 from pipeline.cog import redact_href
-from pipeline.errors import PipelineError
-from pipeline.manifest import ItemManifest, OutputStore, _parse_time, load_manifests, watermarks, write_outputs
+from pipeline.errors import LeaseHeldError, LeaseLostError, PipelineError, ProcessingVersionError, SensorConfigError
+from pipeline.manifest import (
+    ItemManifest,
+    ManifestSummary,
+    OutputStore,
+    check_processing_version,
+    load_summaries,
+    pin_processing_version,
+    watermarks,
+    write_outputs,
+)
 from pipeline.records import FailureRecord
-from pipeline.warnings import SensorInferredWarning
+from pipeline.times import parse_datetime
+from pipeline.warnings import PipelineWarning, SensorInferredWarning
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "IngestConfig", "IngestSummary", "main", "run_ingest"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "IngestConfig",
+    "IngestSummary",
+    "UnchippedPixelsWarning",
+    "main",
+    "run_ingest",
+]
 
 log = logging.getLogger("jobs.ingest")
 
-EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class UnchippedPixelsWarning(PipelineWarning):
+    """``--stride`` is larger than ``--chip-size``: the pixels between chips are never ingested."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +143,13 @@ class IngestConfig:
     s3_endpoint: str | None = field(
         default=None, metadata={"help": "S3 endpoint URL (e.g. http://127.0.0.1:9000); default AWS_ENDPOINT_URL"}
     )
+    lease_ttl: float = field(
+        default=600.0, metadata={"help": "seconds the output lease lives without a heartbeat (a crashed run's expires)"}
+    )
+    lease_owner: str | None = field(
+        default=None,
+        metadata={"help": "lease owner id (default: the Ray job submission id, else host:pid:random); docs/ingest-lease.md"},
+    )
     # Scaling
     workers: int = field(default=2, metadata={"help": "maximum ItemChipper actors (1 CPU each)"})
     smoke_test: bool = field(default=False, metadata={"help": "tiny run: at most 2 items, 1 worker, 64 px chips"})
@@ -137,6 +178,8 @@ class IngestSummary:
     chip_seconds: float = 0.0
     item_seconds: float = 0.0
     dataset_items: int = 0
+    duplicates: int = 0
+    commit_failures: int = 0
     output: str = ""
 
     @property
@@ -166,6 +209,12 @@ class IngestSummary:
             f"({self.seconds:.1f} s total)",
         ]
         lines.extend(self._empty_lines())
+        if self.duplicates:
+            lines.append(f"  duplicates: {self.duplicates} item ids listed more than once in the source (the last copy "
+                         "was used; differing copies are in failures.parquet)")
+        if self.commit_failures:
+            lines.append(f"  commits: {self.commit_failures} failed items could not record their failure in the "
+                         "output; they are in failures.parquet all the same")
         if self.failures_by_class:
             grouped = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures_by_class.items()))
             lines.append(f"  failures by error class: {grouped} (details in failures.parquet)")
@@ -239,7 +288,58 @@ def _validate(cfg: IngestConfig) -> None:
         raise ConfigError(f"--workers must be at least 1, got {cfg.workers}.")
     if not 0 <= cfg.max_nodata <= 100:
         raise ConfigError(f"--max-nodata is a percentage in [0, 100], got {cfg.max_nodata}.")
+    if cfg.lease_ttl <= 0:
+        raise ConfigError(f"--lease-ttl must be positive seconds, got {cfg.lease_ttl}.")
+    if cfg.since not in (None, "auto"):
+        try:
+            parse_datetime(cfg.since, "--since")
+        except ValueError as err:
+            raise ConfigError(f"{err} Or pass --since auto (the dataset's own watermark).") from None
+    from pipeline.stac import parse_bbox, parse_interval
+
+    try:
+        parse_interval(cfg.datetime)
+    except ValueError as err:
+        raise ConfigError(
+            f"--datetime {cfg.datetime!r}: {err} Use an RFC 3339 instant or interval, e.g. 2024-04-01/2024-04-30, "
+            "2024-04-01T00:00:00Z/.. (open end)."
+        ) from None
+    try:
+        parse_bbox(cfg.bbox)
+    except ValueError as err:
+        raise ConfigError(f"--bbox {' '.join(map(str, cfg.bbox or ()))}: {err}") from None
     nodata_overrides(cfg.nodata_override)
+    _check_output(str(cfg.output))
+
+
+def _check_output(output: str) -> None:
+    """A local ``--output`` must be (or become) a writable directory; S3 outputs are checked by the lease write."""
+    if "://" in output and not output.startswith("file://"):
+        return
+    path = Path(output[len("file://"):] if output.startswith("file://") else output).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a directory; pass a directory (it is created if missing).")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--output {output}: {probe} is a file, so the directory cannot be created.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {output}: {probe} is not writable by this user; pick a writable directory.")
+
+
+def _check_override_bands(cfg: IngestConfig, sensors: Any) -> None:
+    """Every ``--nodata-override`` band (except ``*``) must be a band of a sensor this run can ingest."""
+    specs = [spec for spec in sensors if not cfg.collections or set(spec.collections) & set(cfg.collections)]
+    specs = specs or list(sensors)
+    known = sorted({name for spec in specs for name in spec.band_names})
+    unknown = [band for band in nodata_overrides(cfg.nodata_override) if band != "*" and band not in known]
+    if unknown:
+        raise ConfigError(
+            f"--nodata-override names unknown band(s) {unknown}; bands of "
+            f"{'the searched collections' if cfg.collections else 'the configured sensors'}: {', '.join(known)}; "
+            "or '*' for every band."
+        )
 
 
 def _public_config(cfg: IngestConfig) -> dict[str, Any]:
@@ -250,7 +350,7 @@ def _public_config(cfg: IngestConfig) -> dict[str, Any]:
     return data
 
 
-def _since(cfg: IngestConfig, committed: Sequence[ItemManifest]) -> datetime | None:
+def _since(cfg: IngestConfig, committed: Iterable[ItemManifest | ManifestSummary]) -> datetime | None:
     """The watermark to search from: ``--since`` as given, or derived from the dataset for ``auto``.
 
     ``auto`` is the latest committed acquisition time of the searched collections minus ``--lookback-days``
@@ -259,9 +359,9 @@ def _since(cfg: IngestConfig, committed: Sequence[ItemManifest]) -> datetime | N
     if cfg.since is None:
         return None
     if cfg.since != "auto":
-        return _parse_time(cfg.since)
+        return parse_datetime(cfg.since, "--since")
     marks = watermarks(m for m in committed if not cfg.collections or m.collection in cfg.collections)
-    times = [_parse_time(str(mark["datetime"])) for mark in marks.values() if mark.get("datetime")]
+    times = [parse_datetime(str(mark["datetime"])) for mark in marks.values() if mark.get("datetime")]
     return max(times) - timedelta(days=cfg.lookback_days) if times else None
 
 
@@ -272,7 +372,7 @@ def _item_time(item: dict[str, Any]) -> datetime | None:
     for stamp in stamps:
         if isinstance(stamp, str):
             try:
-                parsed.append(_parse_time(stamp))
+                parsed.append(parse_datetime(stamp))
             except ValueError:
                 continue
     return max(parsed) if parsed else None
@@ -307,26 +407,46 @@ def search(cfg: IngestConfig, since: datetime | None) -> tuple[list[dict[str, An
     return items, result
 
 
-def _dedupe(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (collection, id): the last one wins (a re-published item appears once)."""
+def _dedupe(items: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, list[FailureRecord]]:
+    """One entry per (collection, id), the last one winning, plus what was dropped.
+
+    Returns:
+        The items (sorted by collection, id), how many ids appeared more than once, and one search-stage
+        ``DuplicateItemError`` failure per id whose copies differ (identical copies lose nothing, so they are only
+        counted).
+    """
     latest: dict[tuple[str, str], dict[str, Any]] = {}
+    contents: dict[tuple[str, str], set[str]] = {}
+    seen: dict[tuple[str, str], int] = {}
     for item in items:
-        latest[(str(item.get("collection") or ""), str(item.get("id")))] = item
-    return [latest[k] for k in sorted(latest)]
+        key = (str(item.get("collection") or ""), str(item.get("id")))
+        seen[key] = seen.get(key, 0) + 1
+        if key in latest:
+            contents.setdefault(key, {_digest(latest[key])}).add(_digest(item))
+        latest[key] = item
+    failures = [
+        FailureRecord(
+            item_id=item_id, asset="", stage="search", error_class="DuplicateItemError",
+            message=f"Item id {item_id!r} (collection {collection or 'none'!r}) appears {seen[(collection, item_id)]} "
+                    f"times in the source with {len(digests)} different contents; the last copy was ingested and the "
+                    "others ignored. Give every item a unique id (or remove the stale copies) in the catalog.",
+        )
+        for (collection, item_id), digests in sorted(contents.items()) if len(digests) > 1
+    ]
+    duplicates = sum(1 for n in seen.values() if n > 1)
+    return [latest[k] for k in sorted(latest)], duplicates, failures
+
+
+def _digest(item: dict[str, Any]) -> str:
+    return hashlib.blake2b(json.dumps(item, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 def _snapshot(store: OutputStore, items: Sequence[dict[str, Any]], run_id: str) -> str:
-    """Write the search results as ndjson (asset hrefs without query strings or user info: no tokens on disk)."""
+    """Write the search results as ndjson (:func:`pipeline.stac.write_snapshot`: hrefs redacted, atomic)."""
+    from pipeline.stac import write_snapshot
+
     rel = f"snapshots/{run_id}.ndjson"
-    lines = []
-    for item in items:
-        clean = json.loads(json.dumps(item))
-        for asset in (clean.get("assets") or {}).values():
-            if isinstance(asset, dict) and isinstance(asset.get("href"), str):
-                asset["href"] = redact_href(asset["href"])
-        lines.append(json.dumps(clean, sort_keys=True, separators=(",", ":")) + "\n")
-    text = "".join(lines)
-    store.write_bytes(rel, text.encode())
+    write_snapshot(items, store.path(rel), filesystem=store.filesystem)
     return rel
 
 
@@ -365,8 +485,11 @@ def _init_ray() -> None:
         ray.init(include_dashboard=False, configure_logging=False)  # [1] or start a local one
 
 
-def _chip(settings: Any, todo: list[tuple[str, int]], workers: int, progress: bool) -> list[dict[str, Any]]:
-    """Run the ItemChipper actors over ``todo`` and stream their rows back (with a progress bar)."""
+def _chip(settings: Any, todo: list[tuple[str, int]], workers: int, progress: bool) -> Iterator[dict[str, Any]]:
+    """Run the ItemChipper actors over ``todo`` and stream their small rows back (with a progress bar).
+
+    Rows are yielded as items finish and are not kept: the driver never holds the items' manifests.
+    """
     import ray
     from tqdm import tqdm
 
@@ -378,6 +501,7 @@ def _chip(settings: Any, todo: list[tuple[str, int]], workers: int, progress: bo
     context.print_on_execution_start = False
     rows = [{"item_json": text, "attempt": attempt} for text, attempt in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # [2] one block per item: actors share the work
+    del rows
     ds = ds.map_batches(  # [3] ItemChipper actors: read, chip, write shard, commit manifest
         ItemChipper,
         fn_constructor_kwargs={"settings": settings},
@@ -386,29 +510,78 @@ def _chip(settings: Any, todo: list[tuple[str, int]], workers: int, progress: bo
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=size),
         num_cpus=1,
     )
-    results: list[dict[str, Any]] = []
-    chips = 0
-    with tqdm(total=len(rows), unit="item", desc="ingest", disable=not progress, file=sys.stderr) as bar:
+    chips = failed = 0
+    with tqdm(total=len(todo), unit="item", desc="ingest", disable=not progress, file=sys.stderr) as bar:
         for row in ds.iter_rows():  # [4] stream small rows back as items finish
-            results.append(dict(row))
             chips += int(row["n_written"])
-            bar.set_postfix(chips=chips, failed=sum(r["status"] == "failed" for r in results))
+            failed += row["status"] == "failed"
+            bar.set_postfix(chips=chips, failed=failed)
             bar.update(1)
-    return results
+            yield dict(row)
+
+
+def _count(summary: IngestSummary, row: dict[str, Any], uncommitted: list[ItemManifest], noted: set[str]) -> None:
+    """Fold one actor row into the summary; a failure whose manifest the store did not take is kept for the table."""
+    summary.items_processed += 1
+    if row["sensor_note"] and row["collection"] not in noted:  # once per collection (SensorInferredWarning)
+        noted.add(row["collection"])
+        warnings.warn(SensorInferredWarning(str(row["sensor_note"])), stacklevel=3)
+    if row["status"] == "committed":
+        summary.items_committed += 1
+        if row["outcome"]:
+            shape = (int(row["scene_height"]), int(row["scene_width"]))
+            summary.empty_items.setdefault(str(row["outcome"]), []).append(shape)
+    else:
+        summary.items_failed += 1
+        label = f"{row['error_class']} ({row['stage']})"
+        summary.failures_by_class[label] = summary.failures_by_class.get(label, 0) + 1
+        log.warning("item %r failed at %s: %s: %s", row["item_id"], row["stage"], row["error_class"], row["message"])
+        if not row["manifest_path"] and row["manifest"]:
+            uncommitted.append(ItemManifest.from_json(row["manifest"]))
+            summary.commit_failures += 1
+    summary.item_seconds += float(row["seconds"])
+    summary.chips_written += int(row["n_written"])
+    summary.chips_dropped["nodata"] += int(row["n_dropped_nodata"])
+    summary.chips_dropped["cloud"] += int(row["n_dropped_cloud"])
+
+
+def _check_stride(cfg: IngestConfig) -> None:
+    if cfg.stride is not None and cfg.stride > cfg.chip_size:
+        gap = cfg.stride - cfg.chip_size
+        message = (
+            f"--stride {cfg.stride} is larger than --chip-size {cfg.chip_size}: a {gap} px band of pixels between "
+            f"neighbouring chips is never ingested ({1 - (cfg.chip_size / cfg.stride) ** 2:.0%} of each scene). "
+            f"Use --stride {cfg.chip_size} (or less, for overlapping chips) to cover every pixel."
+        )
+        warnings.warn(UnchippedPixelsWarning(message), stacklevel=3)
+        log.warning("%s", message)
 
 
 def run_ingest(cfg: IngestConfig) -> IngestSummary:
-    """Run one ingest as configured and return its summary (see :attr:`IngestSummary.exit_code`)."""
-    from pipeline.ray_ingest import IngestSettings, forwarded_env, item_collection, processing_version
+    """Run one ingest as configured and return its summary (see :attr:`IngestSummary.exit_code`).
+
+    Raises:
+        ConfigError: invalid flags, an output that is a file or not writable, or a dataset version pinned to another
+            processing version (the message says how to fix it).
+        LeaseHeldError: another run holds the output's lease (the message names its owner and expiry).
+        LeaseLostError: this run lost its lease before it could rebuild the outputs.
+    """
+    from pipeline.lease import acquire_lease, default_owner
+    from pipeline.ray_ingest import processing_version
     from pipeline.sensors import load_sensors
 
     cfg = _resolve_smoke(cfg)
     _validate(cfg)
+    _check_stride(cfg)
     overrides = nodata_overrides(cfg.nodata_override)
     start = time.perf_counter()
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    try:
+        sensors = load_sensors(cfg.sensors)
+    except (SensorConfigError, OSError) as err:
+        raise ConfigError(f"--sensors {cfg.sensors}: {err}") from None
+    _check_override_bands(cfg, sensors)
     store = OutputStore.open(str(cfg.output), s3_endpoint=cfg.s3_endpoint)
-    sensors = load_sensors(cfg.sensors)
     pv = processing_version(
         sensors,
         chip_size=cfg.chip_size,
@@ -419,29 +592,45 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
         bands=cfg.bands,
     )
     log.info("processing_version %s, dataset_version %s, output %s", pv, cfg.dataset_version, store.uri)
-    existing = load_manifests(store, cfg.dataset_version)
-    other = sorted({m.processing_version for m in existing["committed"]} - {pv})
-    if other:
-        raise ConfigError(
-            f"Dataset version {cfg.dataset_version!r} in {store.uri} was built with processing_version {other}, but "
-            f"this run gives {pv!r} (it changes with chip size, stride, drop limits, nodata overrides, the sensor "
-            "config and the ingest code version, e.g. after an upgrade that changes the shard encoding). Shards are "
-            "append-only and never mixed across processing versions, so either pass a new --dataset-version (e.g. "
-            f"--dataset-version {cfg.dataset_version}-{pv}) to build a new dataset next to the old one in the same "
-            "--output, or use a new --output; or re-run with the settings and code that built the old one."
-        )
-    since = _since(cfg, existing["committed"])
+    owner = cfg.lease_owner or default_owner()
+    with contextlib.ExitStack() as stack:
+        try:
+            lease = stack.enter_context(acquire_lease(store, owner, cfg.lease_ttl))
+        except OSError as err:
+            raise ConfigError(f"--output {store.uri} cannot be written ({type(err).__name__}: {err}); check the "
+                              "path, its permissions or the S3 bucket and credentials.") from None
+        log.info("lease on %s held by %r (generation %d)", store.uri, owner, lease.generation)
+        return _run_leased(cfg, store, sensors, pv, overrides, lease, run_id, start)
+
+
+def _run_leased(cfg: IngestConfig, store: OutputStore, sensors: Any, pv: str, overrides: Any, lease: Any,
+                run_id: str, start: float) -> IngestSummary:
+    """The part of a run that holds the output's lease: plan, chip, rebuild."""
+    from pipeline.ray_ingest import IngestSettings, forwarded_env, item_collection
+
+    existing = load_summaries(store, cfg.dataset_version)  # one small summary per item, never whole manifests
+    other = sorted({m.processing_version for m in existing["committed"].values()} - {pv})
+    try:
+        if other:  # a dataset committed before pins existed: its manifests are the record
+            pin_processing_version(store, cfg.dataset_version, other[0], {})
+        # The first commit pins the dataset version (an output that never committed anything binds nobody).
+        check_processing_version(store, cfg.dataset_version, pv)
+    except ProcessingVersionError as err:
+        raise ConfigError(str(err)) from None
+    since = _since(cfg, existing["committed"].values())
     if since is not None:
         log.info("watermark: items acquired or updated at/after %s", since.isoformat())
 
-    items, result = search(cfg, since)  # search on the driver (no Ray)
+    found, result = search(cfg, since)  # search on the driver (no Ray)
     search_failures: list[FailureRecord] = list(result.failures)
-    items = _dedupe(items)
-    snapshot = _snapshot(store, items, run_id)
-    log.info("search: %d items (%d unreadable); snapshot %s", len(items), len(search_failures), snapshot)
+    items, duplicates, duplicate_failures = _dedupe(found)
+    del found
+    search_failures.extend(duplicate_failures)
+    if duplicates:
+        log.warning("%d item ids appear more than once in the source; the last copy of each is used", duplicates)
 
-    committed = {(m.collection, m.item_id): m for m in existing["committed"]}
-    attempts = {(m.collection, m.item_id): m.attempt for m in existing["failed"]}
+    committed = existing["committed"]
+    attempts = {key: m.attempt for key, m in existing["failed"].items()}
     todo: list[tuple[str, int]] = []
     skipped = 0
     for item in items:
@@ -452,11 +641,20 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
             skipped += 1
             continue
         todo.append((json.dumps(item, sort_keys=True), attempts.get(key, 0) + 1))
+    if todo:  # a run that ingests nothing leaves no new snapshot behind
+        snapshot = _snapshot(store, items, run_id)
+        log.info("search: %d items (%d unreadable); snapshot %s", len(items), len(result.failures), snapshot)
+    else:
+        log.info("search: %d items (%d unreadable), all already committed: no snapshot written", len(items),
+                 len(result.failures))
 
     summary = IngestSummary(
         items_found=len(items), items_skipped=skipped, search_failures=len(search_failures), output=store.uri,
         chip_size=cfg.chip_size, max_nodata=cfg.max_nodata,
+        duplicates=duplicates,
     )
+    del items
+    uncommitted: list[ItemManifest] = []
     log.info("%d items to chip (%d already committed) with up to %d workers, %d px chips", len(todo), skipped,
              min(cfg.workers, max(len(todo), 1)), cfg.chip_size)
     if todo:
@@ -473,39 +671,24 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
             s3_endpoint=cfg.s3_endpoint,
             sensors_path=str(Path(cfg.sensors).resolve()) if cfg.sensors else None,
             env=forwarded_env(),
+            lease_owner=lease.owner,
+            lease_generation=lease.generation,
         )
         _init_ray()
         chip_start = time.perf_counter()
-        rows = _chip(settings, todo, cfg.workers, cfg.progress)
-        summary.chip_seconds = time.perf_counter() - chip_start
         noted: set[str] = set()
-        for row in rows:
-            summary.items_processed += 1
-            if row["sensor_note"] and row["collection"] not in noted:  # once per collection (SensorInferredWarning)
-                noted.add(row["collection"])
-                warnings.warn(SensorInferredWarning(str(row["sensor_note"])), stacklevel=2)
-            if row["status"] == "committed":
-                summary.items_committed += 1
-                if row["outcome"]:
-                    shape = (int(row["scene_height"]), int(row["scene_width"]))
-                    summary.empty_items.setdefault(str(row["outcome"]), []).append(shape)
-            else:
-                summary.items_failed += 1
-                label = f"{row['error_class']} ({row['stage']})"
-                summary.failures_by_class[label] = summary.failures_by_class.get(label, 0) + 1
-                log.warning("item %r failed at %s: %s: %s", row["item_id"], row["stage"], row["error_class"],
-                            row["message"])
-            summary.item_seconds += float(row["seconds"])
-            summary.chips_written += int(row["n_written"])
-            summary.chips_dropped["nodata"] += int(row["n_dropped_nodata"])
-            summary.chips_dropped["cloud"] += int(row["n_dropped_cloud"])
+        for row in _chip(settings, todo, cfg.workers, cfg.progress):
+            _count(summary, row, uncommitted, noted)
+        summary.chip_seconds = time.perf_counter() - chip_start
     for failure in search_failures:
         label = f"{failure.error_class} (search)"
         summary.failures_by_class[label] = summary.failures_by_class.get(label, 0) + 1
         log.warning("search failure for %r: %s: %s", failure.item_id, failure.error_class, failure.message)
 
+    lease.check()  # a run that lost its lease leaves the outputs to the run that took it over
     dataset = write_outputs(  # index.parquet, failures.parquet, dataset.json rebuilt from the manifests
-        store, dataset_version=cfg.dataset_version, source=_source(cfg, result), search_failures=search_failures
+        store, dataset_version=cfg.dataset_version, source=_source(cfg, result), search_failures=search_failures,
+        uncommitted=uncommitted,
     )
     summary.dataset_items = int(dataset["counts"]["items_committed"])
     summary.seconds = time.perf_counter() - start
@@ -520,13 +703,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _validate(_resolve_smoke(cfg))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     log.info("config: %s", json.dumps(_public_config(cfg), sort_keys=True))
     try:
         summary = run_ingest(cfg)
-    except ConfigError as err:
+    except (ConfigError, LeaseHeldError, LeaseLostError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except PipelineError as err:  # the source itself is unusable (catalog missing, API down after retries)
         print(f"error: nothing could be ingested: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -534,5 +717,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return summary.exit_code
 
 
+def _shutdown_ray() -> None:
+    """Stop Ray inside the noise filter (its shutdown lines are among those filtered)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    with quiet_ray_noise():
+        try:
+            code = main()
+        finally:
+            _shutdown_ray()
+    sys.exit(code)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.manifest import OutputStore
 from pipeline.shards import METADATA_KEY, decode_band_valid, decode_images, decode_valid
+from pipeline.stats import normalization_constants
 
 if TYPE_CHECKING:
     import ray.data
@@ -156,14 +157,13 @@ class Normalizer:
     """Ray Data batch UDF: ``image`` → float32 ``(x - mean) / std`` per band with nodata set to 0, plus ``chip_key``.
 
     Args:
-        mean, std: per-band statistics from ``dataset.json`` (NaN or zero std → 1, NaN mean → 0).
+        mean, std: per-band statistics from ``dataset.json`` (NaN or zero std → 1, NaN mean → 0, with a DegenerateStatsWarning).
     """
 
     def __init__(self, mean: Sequence[float | None], std: Sequence[float | None]) -> None:
-        m = np.asarray([np.nan if v is None else v for v in mean], dtype=np.float32)
-        s = np.asarray([np.nan if v is None else v for v in std], dtype=np.float32)
-        self.mean = np.where(np.isfinite(m), m, 0.0).astype(np.float32)[None, :, None, None]  # (C,) -> (1, C, 1, 1)
-        self.std = np.where(np.isfinite(s) & (s > 0), s, 1.0).astype(np.float32)[None, :, None, None]
+        safe_mean, safe_std = normalization_constants(mean, std)  # warns for a NaN mean or a zero std
+        self.mean = safe_mean[None, :, None, None]  # (C,) -> (1, C, 1, 1)
+        self.std = safe_std[None, :, None, None]
         self.inv_std = (1.0 / self.std).astype(np.float32)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:

@@ -13,7 +13,10 @@ __all__ = [
     "GridMismatchError",
     "InvalidItemError",
     "LabelError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "PipelineError",
+    "ProcessingVersionError",
     "RasterReadError",
     "STACAPIError",
     "SampleDataError",
@@ -78,3 +81,15 @@ class SampleDataError(PipelineError, RuntimeError):
 
 class LabelError(PipelineError, ValueError):
     """A label source does not fit the dataset: wrong CRS, classes missing from the class list, covers no chip."""
+
+
+class LeaseHeldError(PipelineError, RuntimeError):
+    """Another run holds a live lease on the output (pipeline/lease.py); the message names its owner and expiry."""
+
+
+class LeaseLostError(PipelineError, RuntimeError):
+    """This run's lease on the output expired or was taken over; it must stop committing."""
+
+
+class ProcessingVersionError(PipelineError, ValueError):
+    """A dataset version is pinned to another processing version (other chip settings or code)."""

@@ -15,7 +15,7 @@ import posixpath
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -29,6 +29,7 @@ from pipeline.ids import safe_id
 from pipeline.infer import INFERRED_FROM_METADATA, infer_sensor, inferred_name, pin_snippet
 from pipeline.records import QualityAsset, ResolvedBand, ResolvedItem, Transform6
 from pipeline.sensors import BandSpec, SensorRegistry, SensorSpec, load_sensors
+from pipeline.times import parse_datetime
 from pipeline.warnings import MissingBandWarning, SensorInferredWarning
 
 __all__ = [
@@ -100,12 +101,6 @@ def make_absolute_href(href: str, base: str | None) -> str:
     parts = urlsplit(base)
     path = posixpath.normpath(posixpath.join(posixpath.dirname(parts.path) or "/", href))
     return f"{parts.scheme}://{parts.netloc}{path}"
-
-
-def parse_datetime(value: str) -> datetime:
-    """Parse an RFC 3339 / ISO 8601 timestamp into an aware UTC ``datetime`` (naive values are taken as UTC)."""
-    parsed = datetime.fromisoformat(value.strip())
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def asset_epsg(*sources: Mapping[str, Any]) -> int | None:

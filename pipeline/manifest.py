@@ -6,6 +6,8 @@ Layout of an ingest output (a local directory or ``s3://bucket/prefix``)::
     manifests/{dataset_version}/{collection}/{key}.json          one committed item: its chips, counts, stats partial
     manifests/{dataset_version}/{collection}/{key}.failed.json   the last failure of an item not (re)committed yet
     snapshots/{run_id}.ndjson                                   the search results one run worked from
+    state/lease/ingest/{generation}.json                       the output's lease (pipeline/lease.py)
+    state/processing_version/{dataset_version}.json             the processing version a dataset version is pinned to
     index.parquet  failures.parquet  dataset.json               rebuilt from the manifests at the end of every run
 
 **Commit protocol.** A shard exists only once its manifest is written: the actor writes the shard (atomically), then
@@ -14,8 +16,10 @@ atomic). A crash between the two leaves an orphan shard that nothing references;
 deterministic path. The unit of work is ``(item_id, processing_version, updated)``: a re-run skips items whose
 committed manifest matches all three, and a changed ``updated`` writes a new shard (a new fingerprint) and replaces
 the manifest, so the old shard is superseded (kept on disk, append-only, but no longer indexed). ``index.parquet``,
-``failures.parquet`` and ``dataset.json`` are pure functions of the manifests (sorted, no wall-clock fields), so an
-idempotent re-run reproduces them byte for byte.
+``failures.parquet`` and ``dataset.json`` are pure functions of the manifests (in manifest path order, no wall-clock
+fields), so an idempotent re-run reproduces them byte for byte. They are rebuilt by streaming the manifests (one in
+memory at a time); planning reads only :class:`ManifestSummary` records. Concurrency (the lease) and the
+processing-version pin are described in docs/ingest-lease.md.
 """
 
 from __future__ import annotations
@@ -24,41 +28,55 @@ import hashlib
 import json
 import os
 import re
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import shapely
 
+from pipeline.errors import ProcessingVersionError
 from pipeline.ids import safe_id
 from pipeline.records import FailureRecord
 from pipeline.shards import PIXEL_ENCODING
-from pipeline.stats import BandStats
+from pipeline.stats import BandStats, warn_degenerate
+from pipeline.times import parse_datetime
+from pipeline.uri import TMP_MARKER, atomic_output, create_exclusive, resolve, write_atomic
+from pipeline.uri import s3_endpoint as endpoint_url
+from pipeline.warnings import InvalidTimestampWarning
 
 __all__ = [
     "FAILURE_SCHEMA",
     "INDEX_SCHEMA",
     "ChipStatus",
     "ItemManifest",
+    "ManifestSummary",
     "OutputStore",
     "build_dataset_json",
     "build_failures_table",
     "build_index_table",
+    "check_processing_version",
     "chip_key",
     "item_key",
+    "iter_manifests",
     "load_manifests",
+    "load_summaries",
+    "pin_processing_version",
+    "pinned_processing_version",
     "watermarks",
     "write_outputs",
 ]
 
 ChipStatus = Literal["written", "dropped_nodata", "dropped_cloud"]
 MANIFEST_VERSION = 1
+INDEX_ROWS_PER_GROUP = 16384
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 INDEX_SCHEMA = pa.schema(
@@ -143,11 +161,13 @@ class OutputStore:
         uri: the root as given (``/data/out`` or ``s3://bucket/prefix``); never holds credentials.
         filesystem: the pyarrow filesystem (credentials come from the environment, as boto3/pyarrow read them).
         root: the root as a path inside ``filesystem`` (``bucket/prefix`` on S3).
+        endpoint: the S3 endpoint URL used (``None``: AWS or a local path), for conditional writes.
     """
 
     uri: str
     filesystem: pafs.FileSystem
     root: str
+    endpoint: str | None = None
 
     @classmethod
     def open(cls, uri: str, *, s3_endpoint: str | None = None) -> OutputStore:
@@ -156,16 +176,13 @@ class OutputStore:
         Raises:
             ValueError: an unsupported URI scheme.
         """
-        parts = urlsplit(uri)
-        match parts.scheme:
-            case "" | "file":
-                root = os.path.abspath(parts.path if parts.scheme else uri)
-                return cls(uri=root, filesystem=pafs.LocalFileSystem(), root=root)
-            case "s3":
-                root = f"{parts.netloc}{parts.path}".rstrip("/")
-                return cls(uri=uri.rstrip("/"), filesystem=s3_filesystem(s3_endpoint), root=root)
-            case _:
-                raise ValueError(f"Output {uri!r} has unsupported scheme {parts.scheme!r}; use a local path or s3://.")
+        scheme = urlsplit(uri).scheme.lower()
+        if scheme not in ("", "file", "s3") and len(scheme) > 1:
+            raise ValueError(f"Output {uri!r} has unsupported scheme {scheme!r}; use a local path or s3://.")
+        filesystem, root = resolve(uri, endpoint=s3_endpoint)
+        if scheme == "s3":
+            return cls(uri=uri.rstrip("/"), filesystem=filesystem, root=root, endpoint=endpoint_url(s3_endpoint))
+        return cls(uri=root, filesystem=filesystem, root=root)
 
     @property
     def is_local(self) -> bool:
@@ -181,19 +198,12 @@ class OutputStore:
         return self.path(rel) if self.is_local else f"s3://{self.path(rel)}"
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write ``data`` atomically: readers see the old file or the whole new one, never a torn file."""
-        path = self.path(rel)
-        if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        else:
-            with self.filesystem.open_output_stream(path) as stream:  # one PUT: S3 publishes it atomically
-                stream.write(data)
+        """Write ``data`` atomically (:func:`pipeline.uri.write_atomic`): readers never see a torn file."""
+        write_atomic(self.filesystem, self.path(rel), data)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` only if absent (:func:`pipeline.uri.create_exclusive`); ``True`` when this call did."""
+        return create_exclusive(self.filesystem, self.path(rel), data, endpoint=self.endpoint)
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Write a Parquet file atomically (zstd)."""
@@ -217,7 +227,7 @@ class OutputStore:
         out = [
             info.path[len(prefix) :]
             for info in self.filesystem.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.path.endswith(suffix) and ".tmp-" not in info.path
+            if info.type == pafs.FileType.File and info.path.endswith(suffix) and TMP_MARKER not in info.path
         ]
         return sorted(out)
 
@@ -227,20 +237,6 @@ class OutputStore:
             self.filesystem.delete_file(self.path(rel))
         except FileNotFoundError:
             pass
-
-
-def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem; ``endpoint`` (or ``AWS_ENDPOINT_URL``) like ``http://127.0.0.1:9000`` for local S3."""
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {}
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs["endpoint_override"] = parts.netloc
-        kwargs["scheme"] = parts.scheme
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
 
 
 # -------------------------------------------------------------------------------------------------------- manifests
@@ -318,72 +314,275 @@ class ItemManifest:
         return self.rel_path
 
 
+def iter_manifests(
+    store: OutputStore, dataset_version: str, status: Literal["committed", "failed"] | None = None
+) -> Iterator[ItemManifest]:
+    """The manifests of a dataset version one at a time, in path order (callers never need them all in memory).
+
+    Args:
+        store: the output root.
+        dataset_version: which dataset version.
+        status: only committed or only failed manifests; both when ``None``.
+    """
+    for rel in store.list_files(f"manifests/{safe_id(dataset_version)}", ".json"):
+        failed = rel.endswith(".failed.json")
+        if status is None or (status == "failed") == failed:
+            yield ItemManifest.from_json(store.read_bytes(rel))
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """The few fields of a manifest that planning a run needs (a few hundred bytes instead of ~70 KB per item)."""
+
+    item_id: str
+    collection: str
+    processing_version: str
+    updated: str | None
+    datetime: str | None
+    status: Literal["committed", "failed"]
+    attempt: int
+
+    @classmethod
+    def of(cls, m: ItemManifest) -> ManifestSummary:
+        """The summary of a full manifest."""
+        return cls(m.item_id, m.collection, m.processing_version, m.updated, m.datetime, m.status, m.attempt)
+
+    def matches(self, processing_version: str, updated: str | None) -> bool:
+        """True when this committed manifest already covers that unit of work (as :meth:`ItemManifest.matches`)."""
+        return self.status == "committed" and self.processing_version == processing_version and self.updated == updated
+
+
+def _unit(m: ItemManifest | ManifestSummary) -> tuple[str, str, str, str | None]:
+    return (m.collection, m.item_id, m.processing_version, m.updated)
+
+
+def load_summaries(store: OutputStore, dataset_version: str) -> dict[str, dict[tuple[str, str], ManifestSummary]]:
+    """``{"committed": {(collection, item_id): summary}, "failed": {...}}``, streaming the manifests.
+
+    This is what a run plans from (skip committed units, count attempts): the chips and stats of each manifest are
+    parsed and dropped at once, so planning a large archive holds one summary per item, not one manifest.
+    """
+    out: dict[str, dict[tuple[str, str], ManifestSummary]] = {"committed": {}, "failed": {}}
+    for m in iter_manifests(store, dataset_version):
+        out[m.status][(m.collection, m.item_id)] = ManifestSummary.of(m)
+    return out
+
+
 def load_manifests(store: OutputStore, dataset_version: str) -> dict[str, list[ItemManifest]]:
     """All manifests of a dataset version, as ``{"committed": [...], "failed": [...]}`` sorted by collection, item.
 
     A failure for an item whose committed manifest has the same processing version and ``updated`` is stale (a crash
-    between commit and clean-up) and is dropped.
+    between commit and clean-up) and is dropped. This holds every manifest in memory; the ingest job streams them
+    instead (:func:`iter_manifests`, :func:`load_summaries`, :func:`write_outputs`).
     """
     committed: list[ItemManifest] = []
     failed: list[ItemManifest] = []
-    for rel in store.list_files(f"manifests/{safe_id(dataset_version)}", ".json"):
-        manifest = ItemManifest.from_json(store.read_bytes(rel))
-        (failed if rel.endswith(".failed.json") else committed).append(manifest)
-    done = {(m.collection, m.item_id, m.processing_version, m.updated) for m in committed}
-    failed = [m for m in failed if (m.collection, m.item_id, m.processing_version, m.updated) not in done]
+    for manifest in iter_manifests(store, dataset_version):
+        (committed if manifest.status == "committed" else failed).append(manifest)
+    done = {_unit(m) for m in committed}
+    failed = [m for m in failed if _unit(m) not in done]
     order = lambda m: (m.collection, m.item_id)  # noqa: E731
     return {"committed": sorted(committed, key=order), "failed": sorted(failed, key=order)}
 
 
-def watermarks(committed: Iterable[ItemManifest]) -> dict[str, dict[str, str | None]]:
-    """Per collection: the largest item ``datetime`` and ``updated`` among committed items (ISO text)."""
-    out: dict[str, dict[str, str | None]] = {}
-    for m in committed:
-        mark = out.setdefault(m.collection, {"datetime": None, "updated": None})
+def _time_or_none(value: str | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_datetime(value, what)
+    except ValueError as err:
+        warnings.warn(InvalidTimestampWarning(f"{err} It is left out of the watermark; re-ingest the item with "
+                                              "a valid value to replace it."), stacklevel=3)
+        return None
+
+
+def _pin_rel(dataset_version: str) -> str:
+    return f"state/processing_version/{safe_id(dataset_version)}.json"
+
+
+def pinned_processing_version(store: OutputStore, dataset_version: str) -> dict[str, Any] | None:
+    """The processing version a dataset version is pinned to (``{"processing_version", "settings"}``) or ``None``."""
+    if not store.exists(_pin_rel(dataset_version)):
+        return None
+    data: dict[str, Any] = json.loads(store.read_bytes(_pin_rel(dataset_version)))
+    return data
+
+
+def pin_processing_version(
+    store: OutputStore, dataset_version: str, processing_version: str, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Pin ``dataset_version`` to ``processing_version`` (create-if-absent: the first run wins) and return the pin.
+
+    One dataset version never mixes processing versions (chip sizes, code versions): every run pins before it works
+    and every commit re-checks the pin (:func:`check_processing_version`).
+
+    Raises:
+        ProcessingVersionError: the dataset version is pinned to another processing version.
+    """
+    record = {"dataset_version": dataset_version, "processing_version": processing_version,
+              "settings": dict(settings)}
+    if not store.create(_pin_rel(dataset_version), (json.dumps(record, sort_keys=True) + "\n").encode()):
+        record = pinned_processing_version(store, dataset_version) or record
+    check_processing_version(store, dataset_version, processing_version, pinned=record)
+    return record
+
+
+def check_processing_version(
+    store: OutputStore, dataset_version: str, processing_version: str, *, pinned: Mapping[str, Any] | None = None
+) -> None:
+    """Raise :class:`~pipeline.errors.ProcessingVersionError` when the pin names another processing version.
+
+    A dataset version without a pin (written before pins existed) passes; :func:`pin_processing_version` adds one.
+    """
+    pin = pinned if pinned is not None else pinned_processing_version(store, dataset_version)
+    if pin is None or pin.get("processing_version") == processing_version:
+        return
+    theirs = pin.get("processing_version")
+    settings = ", ".join(f"{k}={v}" for k, v in sorted((pin.get("settings") or {}).items()))
+    raise ProcessingVersionError(
+        f"Dataset version {dataset_version!r} in {store.uri} was built with processing_version {theirs!r}"
+        f"{f' ({settings})' if settings else ''}, but this run gives {processing_version!r} (it changes with chip "
+        "size, stride, drop limits, nodata overrides, the sensor config and the ingest code version). Shards are "
+        "append-only and never mixed across processing versions, so either pass a new --dataset-version (e.g. "
+        f"--dataset-version {dataset_version}-{processing_version}) to build a new dataset next to the old one in "
+        "the same --output, or use a new --output; or re-run with the settings and code that built the old one."
+    )
+
+
+class _Watermarks:
+    """Per collection, the largest item ``datetime`` and ``updated`` seen so far (unparseable values are skipped)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, dict[str, tuple[datetime, str] | None]] = {}
+
+    def add(self, m: ItemManifest | ManifestSummary) -> None:
+        mark = self.marks.setdefault(m.collection, {"datetime": None, "updated": None})
         for key, value in (("datetime", m.datetime), ("updated", m.updated)):
-            if value is not None and (mark[key] is None or _parse_time(value) > _parse_time(str(mark[key]))):
-                mark[key] = value
-    return dict(sorted(out.items()))
+            parsed = _time_or_none(value, f"manifest of item {m.item_id!r} (collection {m.collection!r}), `{key}`")
+            current = mark[key]
+            if parsed is not None and value is not None and (current is None or parsed > current[0]):
+                mark[key] = (parsed, value)
+
+    def result(self) -> dict[str, dict[str, str | None]]:
+        return {
+            name: {key: None if found is None else found[1] for key, found in mark.items()}
+            for name, mark in sorted(self.marks.items())
+        }
 
 
-def _parse_time(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+def watermarks(committed: Iterable[ItemManifest | ManifestSummary]) -> dict[str, dict[str, str | None]]:
+    """Per collection: the largest item ``datetime`` and ``updated`` among committed items (ISO text as stored).
+
+    A value that does not parse (a provider's ``updated: "yesterday"`` committed by an older version) is skipped with
+    an :class:`InvalidTimestampWarning`; it never breaks the rebuild.
+    """
+    marks = _Watermarks()
+    for m in committed:
+        marks.add(m)
+    return marks.result()
 
 
 # ------------------------------------------------------------------------------------------------- dataset outputs
 
 
-def build_index_table(committed: Sequence[ItemManifest]) -> pa.Table:
-    """The GeoParquet 1.1 chip index from committed manifests, sorted by (collection, item, chip)."""
+def _index_rows(m: ItemManifest) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for m in committed:
-        for chip in sorted(m.chips, key=lambda c: c["chip_id"]):
-            row = dict(chip)
-            row["geometry"] = bytes.fromhex(row["geometry"])
-            row["datetime"] = _parse_time(row["datetime"]) if row.get("datetime") else None
-            row["window"] = list(row["window"])
-            rows.append(row)
+    for chip in sorted(m.chips, key=lambda c: c["chip_id"]):
+        row = dict(chip)
+        row["geometry"] = bytes.fromhex(row["geometry"])
+        row["datetime"] = _time_or_none(row.get("datetime"), f"chip {row['chip_id']!r} `datetime`")
+        row["window"] = list(row["window"])
+        rows.append(row)
     if rows:
         bounds = shapely.bounds(shapely.from_wkb([r["geometry"] for r in rows]))
         for row, (x0, y0, x1, y1) in zip(rows, bounds.tolist(), strict=True):
             row["bbox"] = {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
-    columns = {f.name: [r.get(f.name) for r in rows] for f in INDEX_SCHEMA}
-    table = pa.table(columns, schema=INDEX_SCHEMA)
+    return rows
+
+
+def _index_batch(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    return pa.table({f.name: [r.get(f.name) for r in rows] for f in INDEX_SCHEMA}, schema=INDEX_SCHEMA)
+
+
+def build_index_table(committed: Iterable[ItemManifest]) -> pa.Table:
+    """The GeoParquet 1.1 chip index of committed manifests, in the given order, chips sorted by id."""
+    rows = [row for m in committed for row in _index_rows(m)]
+    table = _index_batch(rows)
     return table.replace_schema_metadata({b"geo": json.dumps(_geo_metadata(table)).encode()})
 
 
-def _geo_metadata(table: pa.Table) -> dict[str, Any]:
+class _IndexWriter:
+    """Streams index rows into ``index.parquet``: row groups of :data:`INDEX_ROWS_PER_GROUP` rows are spooled to a
+    local temporary file, then copied into the atomic output once the GeoParquet bbox (schema metadata, which must
+    be known before the first row is written) is known. Index rows are small (~0.3 KB a chip); manifests are not
+    kept.
+    """
+
+    def __init__(self, store: OutputStore, rel: str) -> None:
+        self._store, self._rel = store, rel
+        self._spool = tempfile.TemporaryDirectory(prefix="rsvheat-index-")
+        self._spool_path = os.path.join(self._spool.name, "index.parquet")
+        self._writer = pq.ParquetWriter(self._spool_path, INDEX_SCHEMA, compression="zstd")
+        self._batches: list[pa.Table] = []
+        self._pending = 0
+        self._bbox: list[float] | None = None
+
+    def add(self, m: ItemManifest) -> None:
+        rows = _index_rows(m)
+        if not rows:
+            return
+        batch = _index_batch(rows)  # columnar at once: ~0.3 KB a chip instead of a Python dict per chip
+        box = batch.column("bbox").combine_chunks()
+        edges = [pc.min(box.field("xmin")).as_py(), pc.min(box.field("ymin")).as_py(),
+                 pc.max(box.field("xmax")).as_py(), pc.max(box.field("ymax")).as_py()]
+        self._bbox = edges if self._bbox is None else [
+            *map(min, self._bbox[:2], edges[:2]), *map(max, self._bbox[2:], edges[2:])
+        ]
+        self._batches.append(batch)
+        self._pending += batch.num_rows
+        if self._pending >= INDEX_ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batches:
+            self._writer.write_table(pa.concat_tables(self._batches))
+        self._batches, self._pending = [], 0
+
+    def close(self) -> None:
+        """Write ``index.parquet`` atomically from the spool."""
+        try:
+            self._flush()
+            self._writer.close()
+            schema = INDEX_SCHEMA.with_metadata({b"geo": json.dumps(_geo_metadata(None, self._bbox)).encode()})
+            spooled = pq.ParquetFile(self._spool_path)
+            with atomic_output(self._store.filesystem, self._store.path(self._rel)) as sink:
+                with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+                    if spooled.num_row_groups == 0:
+                        writer.write_table(schema.empty_table())
+                    for group in range(spooled.num_row_groups):
+                        writer.write_table(spooled.read_row_group(group).replace_schema_metadata(schema.metadata))
+        finally:
+            self._spool.cleanup()
+
+    def abort(self) -> None:
+        """Drop the spool; ``index.parquet`` is left as it was."""
+        self._writer.close()
+        self._spool.cleanup()
+
+
+def _geo_metadata(table: pa.Table | None, bbox: Sequence[float] | None = None) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata: WKB polygons in OGC:CRS84 with a bbox covering column."""
     column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"], "crs": _crs84_projjson()}
-    if table.num_rows:
-        bbox = table.column("bbox").combine_chunks()
-        column["bbox"] = [
-            min(bbox.field("xmin").to_pylist()),
-            min(bbox.field("ymin").to_pylist()),
-            max(bbox.field("xmax").to_pylist()),
-            max(bbox.field("ymax").to_pylist()),
+    if table is not None and table.num_rows:
+        box = table.column("bbox").combine_chunks()
+        bbox = [
+            min(box.field("xmin").to_pylist()),
+            min(box.field("ymin").to_pylist()),
+            max(box.field("xmax").to_pylist()),
+            max(box.field("ymax").to_pylist()),
         ]
+    if bbox is not None:
+        column["bbox"] = list(bbox)
     column["covering"] = {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
@@ -408,8 +607,117 @@ def build_failures_table(
     return pa.table({f.name: [r.get(f.name) for r in rows] for f in FAILURE_SCHEMA}, schema=FAILURE_SCHEMA)
 
 
+class _Group:
+    """One band set of one collection: merged stats, counts and shard/item lists of its committed items."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.stats: BandStats | None = None
+        self.strides: set[int] = set()
+        self.sensor: dict[str, Any] | None = None
+        self.shard_info: dict[str, Any] | None = None
+        self.shards: list[str] = []
+
+    def add(self, m: ItemManifest) -> None:
+        self.items.append(m.item_id)
+        if m.stats:
+            part = BandStats.from_dict(m.stats)
+            self.stats = part if self.stats is None else self.stats.merge(part)
+            self.strides.add(int(m.stats.get("pixel_stride", 1)))
+        if self.sensor is None and m.sensor:
+            self.sensor = m.sensor
+        if m.shard:
+            self.shards.append(m.shard["path"])
+            if self.shard_info is None:
+                self.shard_info = m.shard
+
+
+class _DatasetBuilder:
+    """Folds committed manifests in one at a time and builds ``dataset.json`` at the end (streaming rebuild)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[tuple[str, ...], _Group]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.pvs: dict[str, set[str]] = {}
+        self.marks = _Watermarks()
+        self.shards: list[str] = []
+        self.manifests: list[str] = []
+        self.committed = 0
+
+    def add(self, m: ItemManifest) -> None:
+        self.committed += 1
+        self.groups.setdefault(m.collection, {}).setdefault(_item_bands(m), _Group()).add(m)
+        totals = self.counts.setdefault(m.collection, {"written": 0, "dropped_nodata": 0, "dropped_cloud": 0})
+        for key in totals:
+            totals[key] += int((m.counts or {}).get(key, 0))
+        self.pvs.setdefault(m.collection, set()).add(m.processing_version)
+        self.marks.add(m)
+        if m.shard:
+            self.shards.append(m.shard["path"])
+        self.manifests.append(m.rel_path)
+
+    def result(
+        self, *, dataset_version: str, source: Mapping[str, Any], items_failed: int, search_failures: int
+    ) -> dict[str, Any]:
+        marks = self.marks.result()
+        collections: dict[str, dict[str, Any]] = {}
+        for name, groups in sorted(self.groups.items()):
+            # NOTE: one band set per collection keeps batches rectangular; items with another set (a missing
+            # optional band) stay in the index but are listed as excluded and left out of the stats and of
+            # read_dataset.
+            bands, main = max(groups.items(), key=lambda kv: (len(kv[1].items), kv[0]))
+            shard_info = main.shard_info or {}
+            collections[name] = {
+                "sensor": main.sensor or {},
+                "bands": list(bands),
+                "pixel_encoding": {k: shard_info[k] for k in ("dtype", "chip_shape") if k in shard_info},
+                "stats": _stats_block(main.stats, sorted(main.strides) or [1], collection=name),
+                "counts": {
+                    **{f"chips_{k}": v for k, v in self.counts[name].items()},
+                    "items": sum(len(g.items) for g in groups.values()),
+                },
+                "processing_versions": sorted(self.pvs[name]),
+                "watermark": marks.get(name),
+                "shards": sorted(main.shards),
+                "excluded_items": sorted(
+                    ({"item_id": item, "bands": list(b)} for b, g in groups.items() if b != bands for item in g.items),
+                    key=lambda entry: entry["item_id"],
+                ),
+            }
+        totals = {"chips_written": 0, "chips_dropped_nodata": 0, "chips_dropped_cloud": 0}
+        for counts in self.counts.values():
+            for key, value in counts.items():
+                totals[f"chips_{key}"] += value
+        return {
+            "format": "rsvheat-dataset",
+            "format_version": 1,
+            "dataset_version": dataset_version,
+            "pixel_encoding": dict(PIXEL_ENCODING),
+            "collections": collections,
+            "counts": {
+                **totals,
+                "items_committed": self.committed,
+                "items_failed": items_failed,
+                "search_failures": search_failures,
+            },
+            "watermark": marks,
+            "source": dict(source),
+            "shards": sorted(self.shards),
+            "manifests": sorted(self.manifests),
+            "index": "index.parquet",
+            "failures": "failures.parquet",
+            # collections whose sensor no sensor config entry gave: how it was inferred and the YAML that pins it
+            # (docs/ingest-inputs.md, "Unknown collections")
+            "inferred_sensors": {
+                name: {"sensor": entry["sensor"].get("sensor"), **entry["sensor"]["inferred"]}
+                for name, entry in collections.items()
+                if (entry.get("sensor") or {}).get("inferred")
+            },
+        }
+
+
 def build_dataset_json(
-    committed: Sequence[ItemManifest],
+    committed: Iterable[ItemManifest],
     failed: Sequence[ItemManifest],
     *,
     dataset_version: str,
@@ -420,73 +728,11 @@ def build_dataset_json(
 
     The stats of a collection merge the committed items' partials (written chips only, nodata excluded).
     """
-    collections: dict[str, dict[str, Any]] = {}
-    by_collection: dict[str, list[ItemManifest]] = {}
+    builder = _DatasetBuilder()
     for m in committed:
-        by_collection.setdefault(m.collection, []).append(m)
-    marks = watermarks(committed)
-    for name, manifests in sorted(by_collection.items()):
-        groups: dict[tuple[str, ...], list[ItemManifest]] = {}
-        for m in manifests:
-            groups.setdefault(_item_bands(m), []).append(m)
-        # NOTE: one band set per collection keeps batches rectangular; items with another set (a missing optional
-        # band) stay in the index but are listed as excluded and left out of the stats and of read_dataset.
-        bands, members = max(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))
-        merged: BandStats | None = None
-        for m in members:
-            if m.stats:
-                part = BandStats.from_dict(m.stats)
-                merged = part if merged is None else merged.merge(part)
-        shard_info = next((m.shard for m in members if m.shard), None) or {}
-        collections[name] = {
-            "sensor": next((m.sensor for m in members if m.sensor), None) or {},
-            "bands": list(bands),
-            "pixel_encoding": {k: shard_info[k] for k in ("dtype", "chip_shape") if k in shard_info},
-            "stats": _stats_block(merged, sorted({(m.stats or {}).get("pixel_stride", 1) for m in members if m.stats})),
-            "counts": {**_sum_counts(manifests), "items": len(manifests)},
-            "processing_versions": sorted({m.processing_version for m in manifests}),
-            "watermark": marks.get(name),
-            "shards": sorted(m.shard["path"] for m in members if m.shard),
-            "excluded_items": sorted(
-                ({"item_id": m.item_id, "bands": list(b)} for b, ms in groups.items() if b != bands for m in ms),
-                key=lambda entry: entry["item_id"],
-            ),
-        }
-    totals = _sum_counts(committed)
-    return {
-        "format": "rsvheat-dataset",
-        "format_version": 1,
-        "dataset_version": dataset_version,
-        "pixel_encoding": dict(PIXEL_ENCODING),
-        "collections": collections,
-        "counts": {
-            **totals,
-            "items_committed": len(committed),
-            "items_failed": len(failed),
-            "search_failures": search_failures,
-        },
-        "watermark": marks,
-        # collections whose sensor no sensor config entry gave: how it was inferred and the YAML that pins it
-        # (docs/ingest-inputs.md, "Unknown collections")
-        "inferred_sensors": {
-            name: {"sensor": entry["sensor"].get("sensor"), **entry["sensor"]["inferred"]}
-            for name, entry in collections.items()
-            if (entry.get("sensor") or {}).get("inferred")
-        },
-        "source": dict(source),
-        "shards": sorted(m.shard["path"] for m in committed if m.shard),
-        "manifests": sorted(m.rel_path for m in committed),
-        "index": "index.parquet",
-        "failures": "failures.parquet",
-    }
-
-
-def _sum_counts(manifests: Iterable[ItemManifest]) -> dict[str, int]:
-    totals = {"written": 0, "dropped_nodata": 0, "dropped_cloud": 0}
-    for m in manifests:
-        for key in totals:
-            totals[key] += int((m.counts or {}).get(key, 0))
-    return {f"chips_{k}": v for k, v in totals.items()}
+        builder.add(m)
+    return builder.result(dataset_version=dataset_version, source=source, items_failed=len(failed),
+                          search_failures=search_failures)
 
 
 def _item_bands(manifest: ItemManifest) -> tuple[str, ...]:
@@ -496,9 +742,12 @@ def _item_bands(manifest: ItemManifest) -> tuple[str, ...]:
     return tuple(b["name"] for b in (manifest.sensor or {}).get("bands") or [] if isinstance(b, Mapping))
 
 
-def _stats_block(stats: BandStats | None, strides: Sequence[int] = (1,)) -> dict[str, Any] | None:
+def _stats_block(
+    stats: BandStats | None, strides: Sequence[int] = (1,), *, collection: str = ""
+) -> dict[str, Any] | None:
     if stats is None:
         return None
+    warn_degenerate(stats, f"collection {collection!r}" if collection else "the dataset")
     data = stats.to_dict()
     sampling = "every pixel" if list(strides) == [1] else f"every {'/'.join(map(str, strides))}th row and column"
     return {
@@ -518,21 +767,43 @@ def write_outputs(
     dataset_version: str,
     source: Mapping[str, Any],
     search_failures: Sequence[FailureRecord] = (),
+    uncommitted: Sequence[ItemManifest] = (),
 ) -> dict[str, Any]:
     """Rebuild ``index.parquet``, ``failures.parquet`` and ``dataset.json`` from the manifests, each atomically.
+
+    Committed manifests are streamed (one in memory at a time, plus the per-collection aggregates), so the rebuild
+    of a large archive does not hold every manifest.
+
+    Args:
+        store: the output root.
+        dataset_version: which dataset version.
+        source: the ``source`` block of ``dataset.json``.
+        search_failures: this run's search-stage failures.
+        uncommitted: this run's failed items whose failure manifest could not be written (e.g. the commit itself
+            failed); they are in ``failures.parquet`` all the same.
 
     Returns:
         The ``dataset.json`` content.
     """
-    manifests = load_manifests(store, dataset_version)
-    store.write_table("index.parquet", build_index_table(manifests["committed"]))
-    store.write_table("failures.parquet", build_failures_table(manifests["failed"], search_failures))
-    dataset = build_dataset_json(
-        manifests["committed"],
-        manifests["failed"],
-        dataset_version=dataset_version,
-        source=source,
-        search_failures=len(search_failures),
-    )
+    builder = _DatasetBuilder()
+    done: set[tuple[str, str, str, str | None]] = set()
+    index = _IndexWriter(store, "index.parquet")
+    try:
+        for m in iter_manifests(store, dataset_version, "committed"):
+            index.add(m)
+            builder.add(m)
+            done.add(_unit(m))
+    except BaseException:
+        index.abort()
+        raise
+    index.close()
+    failed = {(m.collection, m.item_id): m for m in iter_manifests(store, dataset_version, "failed")
+              if _unit(m) not in done}
+    for m in uncommitted:
+        failed.setdefault((m.collection, m.item_id), m)
+    ordered = [failed[k] for k in sorted(failed)]
+    store.write_table("failures.parquet", build_failures_table(ordered, search_failures))
+    dataset = builder.result(dataset_version=dataset_version, source=source, items_failed=len(ordered),
+                             search_failures=len(search_failures))
     store.write_bytes("dataset.json", (json.dumps(dataset, indent=2, sort_keys=True) + "\n").encode())
     return dataset

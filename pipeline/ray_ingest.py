@@ -31,16 +31,25 @@ from typing import Any
 import numpy as np
 
 from pipeline.cog import gdal_env, redact_href, redact_text
-from pipeline.errors import InvalidItemError
+from pipeline.errors import InvalidItemError, LeaseLostError, ProcessingVersionError
+from pipeline.items import BandOverride, resolve_item
 from pipeline.ids import safe_id
 from pipeline.infer import inferred_name
-from pipeline.items import BandOverride, resolve_item
-from pipeline.manifest import EXTRA_PROPERTIES, ItemManifest, OutputStore, chip_key
+from pipeline.lease import verify_lease
+from pipeline.manifest import (
+    EXTRA_PROPERTIES,
+    ItemManifest,
+    OutputStore,
+    check_processing_version,
+    chip_key,
+    pin_processing_version,
+)
 from pipeline.records import Chip, FailureRecord, ResolvedItem
 from pipeline.sensors import SensorRegistry, load_sensors
 from pipeline.shards import ShardInfo, write_shard
 from pipeline.stats import BandStats
 from pipeline.tiling import cut_item
+from pipeline.times import parse_datetime
 
 __all__ = [
     "FORWARDED_ENV_PREFIXES",
@@ -50,11 +59,13 @@ __all__ = [
     "ItemChipper",
     "ItemResult",
     "check_item_id",
+    "check_updated",
     "forwarded_env",
     "ingest_item",
     "item_collection",
     "prefetched",
     "processing_version",
+    "sensor_block",
 ]
 
 # Bump when chipping, resampling, dB or DN-offset rules change: it changes processing_version and forces re-ingest.
@@ -88,6 +99,8 @@ class IngestSettings:
         overrides: per band name (or ``"*"``) ``nodata``/``scale``/``offset`` overrides for ``resolve_item``.
         gdal_options: extra GDAL config options for reads.
         env: environment variables forwarded from the driver (``AWS_*`` ...). Never logged.
+        lease_owner, lease_generation: the driver's lease on the output (pipeline/lease.py); every commit first
+            checks that it still holds it. ``None``: no lease (library use).
     """
 
     output: str
@@ -104,6 +117,8 @@ class IngestSettings:
     overrides: Mapping[str, BandOverride] = field(default_factory=dict)
     gdal_options: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    lease_owner: str | None = None
+    lease_generation: int | None = None
 
 
 def processing_version(
@@ -186,7 +201,6 @@ class _ChipFilter:
         self.rows: list[dict[str, Any]] = []
         self.counts = {"written": 0, "dropped_nodata": 0, "dropped_cloud": 0}
         self.stats: BandStats | None = None
-        self.nonfinite = 0
         self.any_valid = False
         self.scene_shape = (0, 0)
         self.smaller_than_chip = 0
@@ -269,7 +283,13 @@ class _ChipFilter:
         if status == "written":
             image = chip.image  # a view of the strip (cut_item); stats read a strided subsample of it
             if np.issubdtype(image.dtype, np.floating):
-                self.nonfinite += int(np.count_nonzero(~np.isfinite(image[:, chip.valid])))
+                nonfinite = int(np.count_nonzero(~np.isfinite(image[:, chip.valid])))
+                if nonfinite:  # before the chip reaches the shard writer: no shard, not even a temporary one
+                    raise InvalidItemError(
+                        f"Item {self.item.item_id!r}: chip {chip.chip_id!r} has {nonfinite} valid pixels that are "
+                        "NaN or inf after conversion; refusing to write them (Clay PR #54). Check the source data "
+                        "and the band's nodata value (raster:bands, pipeline/sensors.yaml or --nodata-override)."
+                    )
             if self.stats is None:
                 self.stats = BandStats([b.name for b in self.item.bands])
             self.stats.update(image[:, ::STATS_STRIDE, ::STATS_STRIDE], chip.valid[::STATS_STRIDE, ::STATS_STRIDE])
@@ -314,11 +334,15 @@ def ingest_item(
         collection = item_collection(raw, sensors, settings.bands)
         updated = (raw.get("properties") or {}).get("updated")
         check_item_id(raw.get("id"))
+        check_updated(item_id, updated)
+        state["stage"] = "commit"
+        _check_commit(store, settings)  # before any pixel is read: no shard for a run that may not commit
+        state["stage"] = "resolve"
         item = resolved = resolve_item(
             raw, sensors, overrides=settings.overrides or None, bands=settings.bands, gdal_env=gdal,
             warn_inferred=False,  # reported to the driver in ItemResult.sensor_note, which warns once per collection
         )
-        sensor_metadata = item.sensor_metadata
+        sensor_metadata = sensor_block(item.sensor_metadata, item)
         collection = item.collection
         cut = cut_item(item, chip_size=settings.chip_size, stride=settings.stride, gdal_env=gdal)
         chips = _ChipFilter(item, settings, prefetched(cut, settings.prefetch_chips), state)
@@ -377,6 +401,7 @@ def ingest_item(
             attempt=attempt,
         )
         state["stage"] = "commit"
+        _check_commit(store, settings, pin=True)
         path = manifest.commit(store)
         return ItemResult(
             item_id=item.item_id,
@@ -416,10 +441,11 @@ def ingest_item(
             attempt=attempt,
         )
         path = ""
-        try:
-            path = manifest.commit(store)
-        except OSError:
-            pass  # the row still reports the failure; failures.parquet only misses it if the output is unwritable
+        if not isinstance(err, LeaseLostError | ProcessingVersionError):  # never write into another run's output
+            try:
+                path = manifest.commit(store)
+            except OSError:
+                pass  # the row carries the failure manifest; the driver puts it in failures.parquet
         return ItemResult(
             item_id=item_id,
             collection=collection,
@@ -536,6 +562,50 @@ def check_item_id(item_id: Any) -> None:
         )
 
 
+def check_updated(item_id: str, updated: Any) -> None:
+    """Reject an ``updated`` property that is not an RFC 3339 timestamp (it would be committed as the unit of work).
+
+    Raises:
+        InvalidItemError: naming the item, the value and the expected form.
+    """
+    if updated is None:
+        return
+    try:
+        parse_datetime(updated, f"Item {item_id!r} property `updated`")
+    except ValueError as err:
+        raise InvalidItemError(f"{err} Fix or remove `updated` in the catalog (STAC requires RFC 3339).") from None
+
+
+def _check_commit(store: OutputStore, settings: IngestSettings, *, pin: bool = False) -> None:
+    """The run may commit: its lease is still the newest (if it has one) and the dataset's processing-version pin
+    matches (a dataset version never mixes chip sizes or code versions). With ``pin``, the first commit of a dataset
+    version creates the pin (create-if-absent: of two racing runs one pins, the other's commit is refused).
+    """
+    if settings.lease_owner is not None and settings.lease_generation is not None:
+        verify_lease(store, settings.lease_owner, settings.lease_generation)
+    if pin:
+        stride = settings.stride if settings.stride is not None else settings.chip_size
+        pin_processing_version(store, settings.dataset_version, settings.processing_version, {
+            "chip_size": settings.chip_size, "stride": stride, "max_nodata": settings.max_nodata,
+            "max_cloud": settings.max_cloud,
+        })
+    else:
+        check_processing_version(store, settings.dataset_version, settings.processing_version)
+
+
+def sensor_block(sensor: Mapping[str, Any], item: ResolvedItem) -> dict[str, Any]:
+    """The sensor metadata with one band table: the item's bands in chip order, with the nodata, scale and offset
+    actually used (``--nodata-override`` included), so the shard footer and ``dataset.json`` never disagree.
+    """
+    configured = {b["name"]: b for b in sensor.get("bands") or () if isinstance(b, Mapping)}
+    bands = []
+    for band in item.bands:
+        entry = dict(configured.get(band.name, {"name": band.name}))
+        entry.update(nodata=band.nodata, scale=band.scale, offset=band.offset)
+        bands.append(entry)
+    return {**sensor, "bands": bands}
+
+
 def _check_usable(item: ResolvedItem, chips: _ChipFilter) -> None:
     """Reject items that yield nothing usable: no chip at all, or not one valid pixel (all-nodata/NaN).
 
@@ -554,11 +624,6 @@ def _check_usable(item: ResolvedItem, chips: _ChipFilter) -> None:
             f"Item {item.item_id!r} (collection {item.collection!r}) has no valid pixels in any of its {total} chips "
             "(every pixel equals a band's nodata value, is NaN or lies outside the assets). Check the assets' nodata "
             "value (raster:bands / pipeline/sensors.yaml, or --nodata-override) and the data itself."
-        )
-    if chips.nonfinite:
-        raise InvalidItemError(
-            f"Item {item.item_id!r}: {chips.nonfinite} valid pixels are NaN or inf after conversion; refusing to "
-            "write them (Clay PR #54). Check the source data and the band's nodata value."
         )
 
 
@@ -621,5 +686,8 @@ class ItemChipper:
                 results[k] = replace(result, sensor_note="")
             elif result.sensor_note:
                 self.noted.add(result.collection)
+        # The driver streams these rows; a committed item's manifest (~70 KB: every chip's index row) stays in the
+        # store, and only a failure's (small) manifest travels, for failures the store could not take.
+        results = [r if r.status == "failed" else replace(r, manifest="") for r in results]
         columns = [f.name for f in ItemResult.__dataclass_fields__.values()]
         return {name: np.asarray([getattr(r, name) for r in results]) for name in columns}

@@ -37,6 +37,7 @@ from rasterio.warp import transform_geom
 
 from pipeline.errors import SampleDataError
 from pipeline.sensors import BandSpec, SensorSpec, load_sensors
+from pipeline.times import parse_datetime
 
 __all__ = [
     "BIGEARTHNET_PACKAGE",
@@ -344,8 +345,7 @@ def _ben_time(meta: dict[str, Any], folder: Path) -> datetime:
     text = meta.get("acquisition_date") or meta.get("acquisition_time")
     if not isinstance(text, str):
         raise SampleDataError(f"{folder.name}: no acquisition_date/acquisition_time in its metadata JSON.")
-    parsed = datetime.fromisoformat(text.strip())
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return parse_datetime(text, f"{folder.name} acquisition time")
 
 
 def _ben_s2_item(folder: Path, out_dir: Path, spec: SensorSpec) -> pystac.Item:

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.errors import BandSelectionError, SensorConfigError, SensorNotFoundError
 from pipeline.records import Modality, QualityKind, Resampling
+from pipeline.times import parse_datetime
 
 __all__ = [
     "DEFAULT_SENSORS_PATH",
@@ -600,8 +601,10 @@ def _parse_harmonize(where: str, raw: Mapping[str, Any]) -> HarmonizeSpec:
     date_raw = raw.get("baseline_date")
     date = None
     if date_raw is not None:
-        date = datetime.fromisoformat(str(date_raw))
-        date = date if date.tzinfo else date.replace(tzinfo=UTC)
+        try:
+            date = parse_datetime(str(date_raw), f"{where}, `baseline_date`")
+        except ValueError as err:
+            raise SensorConfigError(str(err)) from None
     return HarmonizeSpec(kind=kind, min_baseline=baseline, dn_offset=int(raw.get("dn_offset", 0)), baseline_date=date)
 
 

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
-import uuid
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from itertools import chain
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.cog import redact_href
 from pipeline.records import Chip, ResolvedItem
+from pipeline.uri import atomic_output, resolve
 
 __all__ = [
     "Compression",
@@ -306,30 +304,6 @@ def _chips_table(chips: Sequence[Chip], item: ResolvedItem, schema: pa.Schema) -
     return pa.Table.from_arrays(list(columns.values()), schema=schema), checksums
 
 
-def _resolve(uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and the path on it for a local path, ``file://`` or ``s3://`` URI."""
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower() if len(parts.scheme) > 1 else ""
-    if filesystem is not None:
-        match scheme:
-            case "":
-                return filesystem, uri
-            case "file":
-                return filesystem, parts.path
-            case _:
-                return filesystem, f"{parts.netloc}{parts.path}"
-    if scheme in ("", "file"):
-        return pafs.LocalFileSystem(), os.path.abspath(parts.path if scheme else uri)
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs, path
-
-
-def _is_object_store(fs: pafs.FileSystem) -> bool:
-    """True for stores where one completed PUT is atomic (S3, GCS): write the object directly, no rename."""
-    kinds = tuple(k for k in (getattr(pafs, "S3FileSystem", None), getattr(pafs, "GcsFileSystem", None)) if k)
-    return isinstance(fs, kinds)
-
-
 def write_shard(
     uri: str,
     chips: Iterable[Chip],
@@ -387,67 +361,45 @@ def write_shard(
         sensor_metadata=sensor_metadata,
     )
     schema = shard_schema(dtype, shape, metadata)  # type: ignore[arg-type]
-    fs, path = _resolve(uri, filesystem)
-    direct = _is_object_store(fs)
-    parent, name = os.path.split(path)
-    write_path = path if direct else f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    if not direct and parent:
-        fs.create_dir(parent, recursive=True)
+    fs, path = resolve(uri, filesystem)
     chip_ids: list[str] = []
     chip_checksums: list[str] = []
-    try:
-        with fs.open_output_stream(write_path) as sink:  # C++ stream: no Python call per write
-            writer = pq.ParquetWriter(
-                sink,
-                schema,
-                **codec,
-                use_dictionary=["chip_id", "item_id", "collection", "grid_cell", "dtype"],
-                write_statistics=list(_SCALAR_COLUMNS),
-                write_page_index=False,
-                # no page CRCs (write_page_checksum): measured +0.05 s per S2 item; the pixels carry their own
-                # CRC-32 (`checksum`) and files are written atomically
-            )
+    # Durable before visible (pipeline/uri.py): a committed manifest never points at unflushed or torn bytes.
+    with atomic_output(fs, path) as sink:  # C++ stream: no Python call per write
+        writer = pq.ParquetWriter(
+            sink,
+            schema,
+            **codec,
+            use_dictionary=["chip_id", "item_id", "collection", "grid_cell", "dtype"],
+            write_statistics=list(_SCALAR_COLUMNS),
+            write_page_index=False,
+            # no page CRCs (write_page_checksum): measured +0.05 s per S2 item; the pixels carry their own
+            # CRC-32 (`checksum`) and files are written atomically
+        )
 
-            def flush(batch: list[Chip]) -> None:
-                table, checksums = _chips_table(batch, item, schema)
-                writer.write_table(table, row_group_size=rows_per_group)
-                chip_ids.extend(c.chip_id for c in batch)
-                chip_checksums.extend(checksums)
+        def flush(batch: list[Chip]) -> None:
+            table, checksums = _chips_table(batch, item, schema)
+            writer.write_table(table, row_group_size=rows_per_group)
+            chip_ids.extend(c.chip_id for c in batch)
+            chip_checksums.extend(checksums)
 
-            try:
-                batch: list[Chip] = []
-                for chip in chain([first], iterator):
-                    if chip.image.shape != shape or chip.image.dtype != dtype:
-                        raise ValueError(
-                            f"Chip {chip.chip_id!r} has shape {chip.image.shape} {chip.image.dtype}, but this shard "
-                            f"holds {shape} {dtype}; one shard takes one item of one sensor."
-                        )
-                    batch.append(chip)
-                    if len(batch) == rows_per_group:
-                        flush(batch)
-                        batch = []
-                if batch:
+        try:
+            batch: list[Chip] = []
+            for chip in chain([first], iterator):
+                if chip.image.shape != shape or chip.image.dtype != dtype:
+                    raise ValueError(
+                        f"Chip {chip.chip_id!r} has shape {chip.image.shape} {chip.image.dtype}, but this shard "
+                        f"holds {shape} {dtype}; one shard takes one item of one sensor."
+                    )
+                batch.append(chip)
+                if len(batch) == rows_per_group:
                     flush(batch)
-            finally:
-                writer.close()
-            n_bytes = sink.tell()
-        if not direct:
-            if isinstance(fs, pafs.LocalFileSystem):
-                # Durable before visible, as the manifest commit is: after a power loss a committed manifest must
-                # never point at a shard whose bytes were still in the page cache.
-                descriptor = os.open(write_path, os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
-            fs.move(write_path, path)
-    except BaseException:
-        if not direct:
-            try:
-                fs.delete_file(write_path)
-            except (FileNotFoundError, OSError):
-                pass
-        raise
+                    batch = []
+            if batch:
+                flush(batch)
+        finally:
+            writer.close()
+        n_bytes = sink.tell()
     return ShardInfo(
         path=path,
         n_rows=len(chip_ids),
@@ -460,16 +412,22 @@ def write_shard(
 
 
 def read_shard(
-    uri: str, columns: Sequence[str] | None = None, filesystem: pafs.FileSystem | None = None
+    uri: str, columns: Sequence[str] | None = None, filesystem: pafs.FileSystem | None = None, *,
+    s3_endpoint: str | None = None,
 ) -> pa.Table:
-    """Read a shard (or some of its columns) as an Arrow table; decode pixels with :func:`decode_images`."""
-    fs, path = _resolve(uri, filesystem)
+    """Read a shard (or some of its columns) as an Arrow table; decode pixels with :func:`decode_images`.
+
+    ``s3_endpoint`` (default ``AWS_ENDPOINT_URL``) is the S3 endpoint for ``s3://`` URIs, as for the ingest output.
+    """
+    fs, path = resolve(uri, filesystem, endpoint=s3_endpoint)
     return pq.read_table(path, columns=None if columns is None else list(columns), filesystem=fs)
 
 
-def shard_metadata(uri: str, filesystem: pafs.FileSystem | None = None) -> dict[str, Any]:
-    """The ``rs:dataset`` JSON object of a shard, read from its footer only."""
-    fs, path = _resolve(uri, filesystem)
+def shard_metadata(
+    uri: str, filesystem: pafs.FileSystem | None = None, *, s3_endpoint: str | None = None
+) -> dict[str, Any]:
+    """The ``rs:dataset`` JSON object of a shard, read from its footer only (``s3_endpoint`` as for :func:`read_shard`)."""
+    fs, path = resolve(uri, filesystem, endpoint=s3_endpoint)
     schema = pq.read_schema(path, filesystem=fs)
     raw = (schema.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:

@@ -32,6 +32,7 @@ from pipeline.cog import redact_href, redact_text
 from pipeline.errors import InvalidItemError, STACAPIError
 from pipeline.items import is_absolute_href, is_local_href, item_base_href, make_absolute_href, parse_datetime
 from pipeline.records import FailureRecord
+from pipeline.uri import atomic_output, resolve
 from pipeline.warnings import ServerFeatureWarning
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
     "make_retry",
     "read_catalog",
     "search_api",
+    "parse_bbox",
+    "parse_interval",
+    "redacted_item",
     "write_snapshot",
 ]
 
@@ -158,14 +162,18 @@ class SearchResult:
 # --------------------------------------------------------------------------------------------------------- filters
 
 
-def _format_bbox(bbox: BBoxLike | None) -> tuple[float, float, float, float] | None:
+def parse_bbox(bbox: BBoxLike | None) -> tuple[float, float, float, float] | None:
+    """A search bbox as ``(west, south, east, north)`` floats (a 3-D bbox loses its z); ``ValueError`` if invalid."""
     if bbox is None:
         return None
     values = [float(v) for v in bbox]
     if len(values) == 6:  # 3D bbox: (west, south, zmin, east, north, zmax)
         values = [values[0], values[1], values[3], values[4]]
-    if len(values) != 4 or not -90 <= values[1] <= values[3] <= 90:
-        raise ValueError(f"bbox must be (west, south, east, north) with south <= north, got {list(bbox)}.")
+    if len(values) != 4 or not -90 <= values[1] <= values[3] <= 90 or not all(-180 <= v <= 180 for v in values[::2]):
+        raise ValueError(
+            f"bbox must be WGS84 (west, south, east, north) in degrees: longitudes in [-180, 180], latitudes in "
+            f"[-90, 90] with south <= north (west > east crosses the antimeridian), got {list(bbox)}."
+        )
     return (values[0], values[1], values[2], values[3])
 
 
@@ -184,7 +192,8 @@ def _bound(value: datetime | str | None, *, end: bool) -> datetime | None:
     return parsed
 
 
-def _format_datetime(value: DatetimeLike | None) -> tuple[datetime | None, datetime | None] | None:
+def parse_interval(value: DatetimeLike | None) -> tuple[datetime | None, datetime | None] | None:
+    """An RFC 3339 instant or interval (``a/b``, ``..`` or empty = open) as UTC bounds; ``ValueError`` if invalid."""
     if value is None:
         return None
     if isinstance(value, tuple):
@@ -220,7 +229,7 @@ def _coords(geometry: Any) -> Iterator[tuple[float, float]]:
 def _item_bbox(item: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
     bbox = item.get("bbox")
     if isinstance(bbox, Sequence) and len(bbox) in (4, 6):
-        return _format_bbox(bbox)
+        return parse_bbox(bbox)
     points = list(_coords(item.get("geometry")))
     if not points:
         return None
@@ -282,8 +291,8 @@ def filter_items(
         max_cloud: keep items with ``eo:cloud_cover <= max_cloud`` (percent).
     """
     wanted = set(collections) if collections else None
-    box = _format_bbox(bbox)
-    interval = _format_datetime(datetime)
+    box = parse_bbox(bbox)
+    interval = parse_interval(datetime)
     kept = []
     for item in items:
         props = item.get("properties") or {}
@@ -408,10 +417,10 @@ def search_api(
     stac_io = StacApiIO(headers=dict(headers or {}), timeout=timeout,
                         max_retries=make_retry(retries, backoff_factor=backoff_factor, backoff_max=backoff_max,
                                                counter=counter))
-    interval = _format_datetime(datetime)
+    interval = parse_interval(datetime)
     params: dict[str, Any] = {
         "collections": list(collections) if collections else None,
-        "bbox": list(_format_bbox(bbox) or ()) or None,
+        "bbox": list(parse_bbox(bbox) or ()) or None,
         "datetime": _interval_text(interval) if interval else None,
         "max_cloud": max_cloud,
         "limit": limit,
@@ -524,7 +533,7 @@ def read_catalog(
     allow_local = _local_policy(allow_local_hrefs, root)
     result = SearchResult(items=[], source=redact_href(root), params={
         "collections": list(collections) if collections else None, "bbox": list(bbox) if bbox else None,
-        "datetime": _interval_text(iv) if (iv := _format_datetime(datetime)) else None, "max_cloud": max_cloud})
+        "datetime": _interval_text(iv) if (iv := parse_interval(datetime)) else None, "max_cloud": max_cloud})
     try:
         text = _read_text(root, storage_options)
     except OSError as err:
@@ -625,31 +634,40 @@ def _walk(data: Any, location: str, collection: str | None, found: list[dict[str
 # ------------------------------------------------------------------------------------------------------- snapshots
 
 
-def write_snapshot(items: Iterable[Mapping[str, Any]], path: str | os.PathLike[str],
-                   storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write items as ndjson (one item per line, keys sorted) so a run can be reproduced with :func:`read_catalog`.
+def redacted_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``item`` whose asset hrefs carry no query string or user info (signed tokens never reach disk).
 
-    Local files are written to a temporary name and renamed; on S3 a completed PUT is atomic.
+    Links are kept as they are: their query strings are API parameters (tile or preview URLs), not credentials.
+    """
+    clean: dict[str, Any] = json.loads(json.dumps(item))
+    for asset in (clean.get("assets") or {}).values():
+        if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+            asset["href"] = redact_href(asset["href"])
+    return clean
+
+
+def write_snapshot(items: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *,
+                   filesystem: Any = None, s3_endpoint: str | None = None) -> str:
+    """Write items as ndjson (one item per line, keys sorted, asset hrefs redacted) for :func:`read_catalog` to re-read.
+
+    Items are streamed to the file one at a time; the file appears atomically (:func:`pipeline.uri.atomic_output`:
+    a fsynced temporary renamed into place locally, one upload on S3). Asset hrefs lose query strings and user info
+    (:func:`redacted_item`): signed URLs expire anyway, and a snapshot must never hold a token.
 
     Args:
         items: raw STAC item dicts (e.g. ``SearchResult.items``).
-        path: a local path or URI ending in ``.ndjson``.
-        storage_options: fsspec options for remote paths.
+        path: a local path or ``s3://`` URI ending in ``.ndjson`` (or a path on ``filesystem``).
+        filesystem: a pyarrow filesystem to write through (e.g. the output store's).
+        s3_endpoint: S3 endpoint URL (default: ``AWS_ENDPOINT_URL``).
 
     Returns:
         The path written.
     """
     target = os.fspath(path)
-    lines = "".join(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n" for item in items)
-    if _is_local(target):
-        os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(lines)
-        os.replace(tmp, target)
-    else:
-        with fsspec.open(target, "w", encoding="utf-8", **dict(storage_options or {})) as handle:
-            handle.write(lines)
+    fs, where = resolve(target, filesystem, endpoint=s3_endpoint)
+    with atomic_output(fs, where) as stream:
+        for item in items:
+            stream.write((json.dumps(redacted_item(item), sort_keys=True, separators=(",", ":")) + "\n").encode())
     return target
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["STATS_VERSION", "BandStats"]
+from pipeline.warnings import DegenerateStatsWarning
+
+__all__ = ["STATS_VERSION", "BandStats", "normalization_constants", "warn_degenerate"]
 
 STATS_VERSION = "1"
 _HASH_SIGNIFICANT_DIGITS = 6
@@ -141,3 +144,53 @@ class BandStats:
 
     def __repr__(self) -> str:
         return f"BandStats(bands={self.bands}, count={self.count.tolist()})"
+
+
+def _degenerate(bands: Sequence[str], mean: np.ndarray, std: np.ndarray) -> list[str]:
+    problems = []
+    for name, m, sd in zip(bands, mean.tolist(), std.tolist(), strict=True):
+        if not np.isfinite(m):
+            problems.append(f"{name}: no valid pixel (mean is NaN)")
+        elif not np.isfinite(sd) or sd <= 0:
+            problems.append(f"{name}: constant values (std {sd:g})")
+    return problems
+
+
+def _warn(problems: Sequence[str], where: str) -> None:
+    if problems:
+        warnings.warn(DegenerateStatsWarning(
+            f"Normalisation stats of {where} are unusable for {len(problems)} band(s): {'; '.join(problems)}. "
+            "Normalising uses mean 0 / std 1 for them; check the band's nodata value (--nodata-override) and that "
+            "its chips hold data."
+        ), stacklevel=3)
+
+
+def warn_degenerate(stats: BandStats, where: str) -> list[str]:
+    """Warn (:class:`~pipeline.warnings.DegenerateStatsWarning`) about bands with a NaN mean or a zero std.
+
+    Args:
+        stats: merged stats.
+        where: what the stats describe (``"collection 'sentinel-2-l2a'"``), for the message.
+
+    Returns:
+        One line per degenerate band (empty when all are usable).
+    """
+    problems = _degenerate(stats.bands, stats.mean, stats.std)
+    _warn(problems, where)
+    return problems
+
+
+def normalization_constants(
+    mean: Sequence[float | None], std: Sequence[float | None], bands: Sequence[str] | None = None,
+    where: str = "the dataset",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band float32 ``(mean, std)`` for ``(x - mean) / std``; a NaN/missing mean becomes 0 and a NaN or zero std
+    becomes 1, with a :class:`~pipeline.warnings.DegenerateStatsWarning` naming the bands (never silently).
+    """
+    m = np.asarray([np.nan if v is None else v for v in mean], dtype=np.float64)
+    s = np.asarray([np.nan if v is None else v for v in std], dtype=np.float64)
+    names = list(bands) if bands is not None else [f"band {i}" for i in range(len(m))]
+    _warn(_degenerate(names, m, s), where)
+    safe_mean = np.where(np.isfinite(m), m, 0.0).astype(np.float32)
+    safe_std = np.where(np.isfinite(s) & (s > 0), s, 1.0).astype(np.float32)
+    return safe_mean, safe_std

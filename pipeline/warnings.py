@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "DegenerateStatsWarning",
+    "InvalidTimestampWarning",
     "MissingBandWarning",
     "PipelineWarning",
     "SensorInferredWarning",
@@ -29,6 +31,14 @@ class SensorInferredWarning(PipelineWarning):
     """An item's collection matches no sensor in the sensor config: its sensor was inferred (from its platform and
     asset keys, or from its own STAC metadata). The message names what was inferred and carries a ready-to-paste
     sensors YAML entry that pins it (docs/ingest-inputs.md, "Unknown collections")."""
+
+
+class DegenerateStatsWarning(PipelineWarning):
+    """A band's normalisation stats are unusable (no valid pixel: NaN mean; constant values: zero std)."""
+
+
+class InvalidTimestampWarning(PipelineWarning):
+    """A stored timestamp (a committed manifest's ``updated``) does not parse; it is left out of the watermark."""
 
 
 class ServerFeatureWarning(PipelineWarning):

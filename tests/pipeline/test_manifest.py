@@ -178,3 +178,72 @@ def test_watermarks_take_latest() -> None:
         ]
     )
     assert marks == {"c": {"datetime": "2024-03-01T00:00:00+00:00", "updated": "2024-02-01T00:00:00Z"}}
+
+
+def test_rebuild_survives_an_unparseable_committed_updated(tmp_path: Path) -> None:
+    """A manifest committed by an older version with ``updated: "yesterday"`` no longer breaks every rebuild."""
+    from pipeline.warnings import InvalidTimestampWarning
+
+    store = OutputStore.open(str(tmp_path))
+    _manifest("i1", values=1.0, updated="yesterday").commit(store)
+    _manifest("i2", values=3.0, updated="2024-06-01T00:00:00Z", when="2024-05-01T00:00:00Z").commit(store)
+    with pytest.warns(InvalidTimestampWarning, match=r"item 'i1'.*`updated` 'yesterday' is not an RFC 3339"):
+        dataset = write_outputs(store, dataset_version="v1", source={})
+    assert dataset["counts"]["items_committed"] == 2
+    assert dataset["watermark"]["c"] == {"datetime": "2024-05-01T00:00:00Z", "updated": "2024-06-01T00:00:00Z"}
+    assert pq.read_table(tmp_path / "index.parquet").num_rows == 6
+
+
+def test_streamed_rebuild_matches_the_in_memory_build(tmp_path: Path) -> None:
+    from pipeline.manifest import build_dataset_json, build_index_table, load_summaries
+
+    store = OutputStore.open(str(tmp_path))
+    for n in range(5):
+        _manifest(f"i{n}", values=float(n), when=f"2024-0{n + 1}-01T00:00:00Z").commit(store)
+    streamed = write_outputs(store, dataset_version="v1", source={"x": 1})
+    loaded = load_manifests(store, "v1")
+    assert streamed == build_dataset_json(loaded["committed"], loaded["failed"], dataset_version="v1", source={"x": 1})
+    table = pq.read_table(tmp_path / "index.parquet")
+    in_memory = build_index_table(loaded["committed"])
+    assert table.equals(in_memory) and table.schema.metadata == in_memory.schema.metadata
+    summaries = load_summaries(store, "v1")["committed"]
+    assert sorted(summaries) == [("c", f"i{n}") for n in range(5)]
+    assert summaries[("c", "i3")].matches("p1-x", None) and not summaries[("c", "i3")].matches("p2", None)
+
+
+def test_failures_the_store_refused_are_still_in_the_table(tmp_path: Path) -> None:
+    """A failed item whose failure manifest could not be committed (the commit itself failed) is not lost."""
+    store = OutputStore.open(str(tmp_path))
+    lost = ItemManifest(
+        item_id="i9", collection="c", processing_version="p1-x", dataset_version="v1", updated=None, datetime=None,
+        status="failed", failure={"item_id": "i9", "asset": "", "stage": "commit", "error_class": "PermissionError",
+                                  "message": "cannot write manifests/v1/c"},
+    )
+    dataset = write_outputs(store, dataset_version="v1", source={}, uncommitted=[lost])
+    failures = pq.read_table(tmp_path / "failures.parquet").to_pylist()
+    assert [(f["item_id"], f["stage"], f["error_class"]) for f in failures] == [("i9", "commit", "PermissionError")]
+    assert dataset["counts"]["items_failed"] == 1
+
+
+def test_processing_version_pin(tmp_path: Path) -> None:
+    from pipeline.errors import ProcessingVersionError
+    from pipeline.manifest import check_processing_version, pin_processing_version
+
+    store = OutputStore.open(str(tmp_path))
+    check_processing_version(store, "v1", "p-any")  # no pin yet: anything goes
+    assert pin_processing_version(store, "v1", "p-64", {"chip_size": 64})["processing_version"] == "p-64"
+    pin_processing_version(store, "v1", "p-64", {"chip_size": 64})  # idempotent
+    with pytest.raises(ProcessingVersionError, match=r"built with processing_version 'p-64' \(chip_size=64\).*"
+                                                     r"--dataset-version v1-p-32"):
+        pin_processing_version(store, "v1", "p-32", {"chip_size": 32})
+    pin_processing_version(store, "v1-p-32", "p-32", {"chip_size": 32})  # the suggested fix works
+
+
+def test_degenerate_stats_warn(tmp_path: Path) -> None:
+    """One item of constant pixels: std 0 for every band, which would silently become 1 when normalising."""
+    from pipeline.warnings import DegenerateStatsWarning
+
+    store = OutputStore.open(str(tmp_path))
+    _manifest("i1", values=5.0).commit(store)
+    with pytest.warns(DegenerateStatsWarning, match=r"collection 'c'.*a: constant values \(std 0\)"):
+        write_outputs(store, dataset_version="v1", source={})

@@ -16,7 +16,7 @@ import pytest
 import shapely.geometry
 
 from pipeline.errors import InvalidItemError, STACAPIError
-from pipeline.stac import filter_items, read_catalog, search_api, write_snapshot
+from pipeline.stac import filter_items, read_catalog, redacted_item, search_api, write_snapshot
 from pipeline.warnings import ServerFeatureWarning
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "stac"
@@ -137,7 +137,8 @@ def test_snapshot_round_trip(tmp_path: Path) -> None:
     text = Path(path).read_text()
     assert text.count("\n") == len(items)
     again = read_catalog(path)
-    assert again.items == items and not again.failures
+    # asset hrefs lose query strings (tokens; here also tilejson parameters), everything else round-trips
+    assert again.items == [redacted_item(item) for item in items] and not again.failures
     Path(path).write_text(text + "{not json\n")
     assert len(read_catalog(path).failures) == 1
 

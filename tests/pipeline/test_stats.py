@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -119,3 +120,23 @@ def test_shape_and_band_errors() -> None:
         stats.update(np.zeros((3, 4, 4)), np.ones((5, 4), dtype=bool))
     with pytest.raises(ValueError, match="Cannot merge"):
         stats.merge(BandStats(["x"]))
+
+
+def test_nan_mean_and_zero_std_warn_instead_of_silently_becoming_0_and_1() -> None:
+    from pipeline.stats import normalization_constants, warn_degenerate
+    from pipeline.warnings import DegenerateStatsWarning
+
+    stats = BandStats(["empty", "flat", "ok"])
+    image = np.stack([np.zeros((4, 4)), np.full((4, 4), 3.0), np.arange(16.0).reshape(4, 4)]).astype(np.float32)
+    image[0] = np.nan  # no valid value in band "empty"
+    stats.update(image, np.ones((4, 4), bool))
+    with pytest.warns(DegenerateStatsWarning, match=r"2 band\(s\): empty: no valid pixel \(mean is NaN\); flat: "
+                                                     r"constant values \(std 0\)"):
+        assert warn_degenerate(stats, "collection 'x'") == ["empty: no valid pixel (mean is NaN)",
+                                                            "flat: constant values (std 0)"]
+    with pytest.warns(DegenerateStatsWarning, match="using mean 0 / std 1|uses mean 0 / std 1"):
+        mean, std = normalization_constants(stats.to_dict()["mean"], stats.to_dict()["std"], stats.bands)
+    assert mean.tolist()[:2] == [0.0, 3.0] and std.tolist()[:2] == [1.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalization_constants([1.0], [2.0])  # usable stats: silent
