@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rsvheat.errors import DecayNotAvailableError
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl, dct2d, idct2d, resolve_dct_impl
 from rsvheat.layers.heat_core import conductivity_core, multiplier_core
+from rsvheat.layers.lean_ops import norm_gate
 from rsvheat.layers.norm import LayerNorm2d
 from rsvheat.layers.precision import autocast_enabled, autocast_off
 
@@ -388,7 +389,7 @@ class HeatConduction2d(nn.Module):
         u = self._spectral_core(u, height, width, fve)
         # NOTE: back to the activation dtype right after the core (bf16 under autocast or with bf16 weights): the
         # LayerNorm, the gate and out_linear then run without mixed-dtype copies; the DCT/decay stayed fp32.
-        u = self.out_norm(u.to(z.dtype)) * F.silu(z)
+        u = norm_gate(u.to(z.dtype), z, self.out_norm)  # LayerNorm(u) ⊙ SiLU(z), keeping only u and z
         return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last memory
 
     def _cast_decay(self, height: int, width: int, decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
