@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    RESULTS_MD,
     load_average,
     read_peak_rss_bytes,
     read_rss_bytes,
@@ -490,15 +491,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-flops", action="store_true", help="skip the meta-device FLOP count")
     parser.add_argument("--no-results-md", action="store_true", help="write only the JSON")
     parser.add_argument("--section", help="RESULTS.md section name (default backbone-<mode>)")
+    parser.add_argument("--render", type=Path, help="only rewrite the RESULTS.md section from this saved JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def render(path: Path, section: str | None, results: Path = RESULTS_MD) -> Path:
+    """Rewrite a RESULTS.md section from a saved run's JSON (same table as the run would have written)."""
+    record = json.loads(path.read_text())
+    name = section or f"backbone-{record['settings']['mode']}"
+    return write_results_section(name, markdown(record, path.name), results)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; write ``benchmarks/out/backbone-<mode>-<stamp>.json`` and its RESULTS.md section."""
     args = parse_args(argv)
+    if args.render:
+        print(f"updated {render(args.render, args.section)}")
+        return json.loads(args.render.read_text())
     record = run_header(sys.argv if argv is None else ["benchmarks/backbone.py", *argv])
     record["settings"] = {k: v for k, v in vars(args).items() if k != "child"}
+    import rsvheat
+
+    record["rsvheat_source"] = str(Path(rsvheat.__file__).resolve().parent)  # which rsvheat was measured
     flops: dict[str, int | None] = {}
     if not args.no_flops:
         for size in sorted(args.sizes):

@@ -90,7 +90,7 @@ def test_groups_run_every_model_of_a_size_dtype_and_ckpt_back_to_back() -> None:
     assert len(backbone.groups(args)) == 8 and args.mode == "train" and args.batch == 1
 
 
-def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms() -> None:
+def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms(tmp_path: Path) -> None:
     def ok(model: str, mem: float, ips: float, ckpt: bool = False) -> backbone.Outcome:
         result = {"params": 1, "images_per_s": ips, "median_s": 1 / ips, "peak_mem_mb": mem, "cpu_util": 1.0}
         return backbone.Outcome(_config(model, ckpt=ckpt), "ok", result=result)
@@ -123,6 +123,10 @@ def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms() -> None:
     assert "JSON `benchmarks/out/backbone-train-x.json`" in text
     assert "| 512 | fp32 | off | `vheat_base` | 2 | 0.33 | 3 | 50 | None | 0.50 / 3.00× | 2.00 / 0.50× |" in text
     assert "| 512 | fp32 | on | Swin-B (timm, w8) | – | oom: OOM > 6 GiB |" in text
+    saved = tmp_path / "backbone-train-x.json"
+    saved.write_text(json.dumps(record))
+    results = backbone.render(saved, "backbone-train-512", tmp_path / "RESULTS.md")
+    assert f"<!-- backbone-train-512:start -->\n{text}\n<!-- backbone-train-512:end -->" in results.read_text()
 
 
 def test_child_measures_a_training_step_and_reports_oom_under_its_address_space_cap() -> None:
