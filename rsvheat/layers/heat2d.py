@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from rsvheat.errors import DecayNotAvailableError
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl, dct2d, idct2d, resolve_dct_impl
+from rsvheat.layers.heat_core import conductivity_core, multiplier_core
+from rsvheat.layers.lean_ops import norm_gate
 from rsvheat.layers.norm import LayerNorm2d
 from rsvheat.layers.precision import autocast_enabled, autocast_off
 
@@ -97,10 +99,8 @@ def apply_decay(
     """
     match core_dtype:
         case "fp32":
-            with autocast_off(x.device):
-                work = x if x.dtype == torch.float64 else x.float()
-                spectrum = dct2d(work, "bhwc", dct_impl, fft_threshold)
-                return idct2d(spectrum * decay, "bhwc", dct_impl, fft_threshold)
+            # One autograd function: saves at most the spectrum (only when the decay needs a gradient).
+            return multiplier_core(x, decay, dct_impl=dct_impl, fft_threshold=fft_threshold)
         case "autocast":
             spectrum = dct2d(x, "bhwc", dct_impl, fft_threshold)
             if resolve_dct_impl(dct_impl, max(x.shape[1], x.shape[2]), fft_threshold) == "matmul":
@@ -227,6 +227,10 @@ class HeatConduction2d(nn.Module):
         """
         if self.fixed_k is not None:
             return torch.tensor(float(self.fixed_k))
+        return F.relu(self.pre_conductivity(fve))
+
+    def pre_conductivity(self, fve: torch.Tensor | None) -> torch.Tensor:
+        """``to_k(FVE)`` before the ReLU, fp32 with autocast disabled: ``(H, W, C)``."""
         if self.to_k is None:
             raise DecayNotAvailableError(
                 "This HCO has no to_k to compute the conductivity from (dropped by fuse_decay(drop_fve=True)); "
@@ -238,7 +242,7 @@ class HeatConduction2d(nn.Module):
                 "has no frozen decay for this size)."
             )
         with autocast_off(fve.device):
-            return F.relu(F.linear(fve.float(), self.to_k.weight.float(), self.to_k.bias.float()))
+            return F.linear(fve.float(), self.to_k.weight.float(), self.to_k.bias.float())
 
     def decay(self, height: int, width: int, fve: torch.Tensor | None) -> torch.Tensor:
         """``exp(−k ⊙ Λ)`` for an ``H × W`` map, fp32: ``(H, W, C)``, or ``(H, W, 1)`` for ``fixed_k``."""
@@ -303,10 +307,7 @@ class HeatConduction2d(nn.Module):
         parameter changes) and the in-place versions of the FVE and ``to_k``, so EMA updates and ``load_state_dict``
         are seen. One entry: evaluation at a fixed size pays ``to_k`` and ``exp`` once instead of every forward.
         """
-        needs_graph = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (fve, *(self.to_k.parameters() if self.to_k else ()))
-        )
-        if self.training or needs_graph or fve is None or self.to_k is None or fve.is_inference():
+        if self.training or self._decay_needs_graph(fve) or fve is None or self.to_k is None or fve.is_inference():
             return self.decay(height, width, fve)
         key = (height, width, fve.device, fve._version, self.to_k.weight._version, self.to_k.bias._version)
         cached = self._eval_cache
@@ -315,6 +316,32 @@ class HeatConduction2d(nn.Module):
         decay = self._detached_decay((height, width), fve)
         self._eval_cache = (fve, key, decay)
         return decay
+
+    def _decay_needs_graph(self, fve: torch.Tensor | None) -> bool:
+        """Whether the decay computed from ``fve`` and ``to_k`` is part of the autograd graph."""
+        return torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (fve, *(self.to_k.parameters() if self.to_k else ()))
+        )
+
+    def _spectral_core(self, u: torch.Tensor, height: int, width: int, fve: torch.Tensor | None) -> torch.Tensor:
+        """``IDCT2(DCT2(u) ⊙ decay)`` for this operator's decay (docs/hco-training.md).
+
+        In a training step the decay is built inside one autograd function from ``to_k(FVE)`` and freed again:
+        backward keeps the spectrum (or ``u``) and the pre-activation conductivity only. Frozen, cached or fixed
+        decays go through the same function as a constant multiplier.
+        """
+        autocast_core = self.hco_core_dtype == "autocast" and autocast_enabled(u.device)
+        served = self.fixed_k is not None or (self._serves_frozen() and (height, width) in (self._frozen or {}))
+        if not autocast_core and not served and self.to_k is not None and self._decay_needs_graph(fve):
+            grid = decay_grid(height, width, u.device)[..., None]  # (H, W) -> (H, W, 1)
+            pre_k = self.pre_conductivity(fve)
+            return conductivity_core(u, pre_k, grid, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold)
+        decay = self.resolve_decay(height, width, fve, u.device)
+        if autocast_core and u.dtype != decay.dtype:
+            decay = self._cast_decay(height, width, decay, u.dtype)
+        return apply_decay(
+            u, decay, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold, core_dtype=self.hco_core_dtype
+        )
 
     def train(self, mode: bool = True) -> HeatConduction2d:
         """Set the mode and drop the eval-time decay caches."""
@@ -359,15 +386,10 @@ class HeatConduction2d(nn.Module):
         weight, bias = self.linear.weight, self.linear.bias
         u = F.linear(x, weight[: self.dim], bias[: self.dim])  # (B, H, W, C)
         z = F.linear(x, weight[self.dim :], bias[self.dim :])  # (B, H, W, C)
-        decay = self.resolve_decay(height, width, fve, x.device)
-        if self.hco_core_dtype == "autocast" and autocast_enabled(x.device) and u.dtype != decay.dtype:
-            decay = self._cast_decay(height, width, decay, u.dtype)
-        u = apply_decay(
-            u, decay, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold, core_dtype=self.hco_core_dtype
-        )
+        u = self._spectral_core(u, height, width, fve)
         # NOTE: back to the activation dtype right after the core (bf16 under autocast or with bf16 weights): the
         # LayerNorm, the gate and out_linear then run without mixed-dtype copies; the DCT/decay stayed fp32.
-        u = self.out_norm(u.to(z.dtype)) * F.silu(z)
+        u = norm_gate(u.to(z.dtype), z, self.out_norm)  # LayerNorm(u) ⊙ SiLU(z), keeping only u and z
         return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last memory
 
     def _cast_decay(self, height: int, width: int, decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -24,6 +24,7 @@ from rsvheat._registry import register_model
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl
 from rsvheat.layers.drop import DropPath, drop_path_rates
 from rsvheat.layers.heat2d import HCOCoreDtype, HeatConduction2d
+from rsvheat.layers.lean_ops import gelu_linear
 from rsvheat.layers.norm import LayerNorm2d
 from rsvheat.layers.stem import build_stems
 from rsvheat.models._backbone import (
@@ -82,14 +83,14 @@ class Mlp2d(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.fc1 = nn.Conv2d(dim, hidden, kernel_size=1)
-        self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``; the output has channels-last memory."""
         x = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
         x = F.linear(x, self.fc1.weight.flatten(1), self.fc1.bias)  # (rC, C, 1, 1) -> (rC, C)
-        x = F.linear(self.act(x), self.fc2.weight.flatten(1), self.fc2.bias)  # (C, rC, 1, 1) -> (C, rC)
+        # NOTE: GELU is recomputed in backward: the (B, H, W, rC) activation is not kept (docs/hco-training.md).
+        x = gelu_linear(x, self.fc2.weight.flatten(1), self.fc2.bias)  # (C, rC, 1, 1) -> (C, rC)
         return x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 

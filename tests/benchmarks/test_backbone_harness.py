@@ -5,6 +5,7 @@ Runs in the project venv (no timm needed): timm is only imported when a timm mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -79,59 +80,65 @@ def test_peak_rss_reset_tracks_a_new_allocation() -> None:
 
 
 # --- backbone.py ----------------------------------------------------------------------------------------------------
-def test_schedule_puts_batch_one_everywhere_before_large_batches() -> None:
-    pairs = backbone.schedule([1024, 224, 512, 2048], [1, 8])
-    assert pairs[:4] == [(224, 1), (512, 1), (1024, 1), (2048, 1)]
-    assert pairs[4:] == [(224, 8), (512, 2), (1024, 2), (2048, 2)]
-    assert backbone.large_batch(8, 224) == 8 and backbone.large_batch(1, 512) == 1
+def _config(model: str, size: int = 512, dtype: str = "fp32", ckpt: bool = False, **kw: Any) -> backbone.Config:
+    return backbone.Config(model, size, 1, dtype, "train", ckpt, threads=1, **kw)  # type: ignore[arg-type]
 
 
-def _outcome(model: str, size: int, batch: int, **result: Any) -> backbone.Outcome:
-    config = backbone.Config(model, size, batch, "fp32", budget_s=1.0, max_repeats=1, threads=2)
-    return backbone.Outcome(config, "ok", result=result)
+def test_groups_run_every_model_of_a_size_dtype_and_ckpt_back_to_back() -> None:
+    args = backbone.parse_args(["--sizes", "1024", "512", "--dtypes", "fp32", "bf16", "--ckpt", "off", "on"])
+    assert backbone.groups(args)[:3] == [(512, "fp32", False), (512, "fp32", True), (512, "bf16", False)]
+    assert len(backbone.groups(args)) == 8 and args.mode == "train" and args.batch == 1
 
 
-def test_predict_extrapolates_time_by_flops_and_memory_by_growth() -> None:
-    history = [
-        _outcome("m", 224, 1, median_cpu_s=2.0, peak_mem_mb=100.0, flops_meta=10),
-        _outcome("m", 512, 1, median_cpu_s=8.0, peak_mem_mb=400.0, flops_meta=40),
-    ]
-    guess = backbone.predict(history, "m", "fp32", 1024, 2, flops=160)
-    assert guess is not None
-    assert guess["forward_s"] == pytest.approx(8.0 * 4 * 2 / 2)  # CPU s × FLOPs ratio × batch ÷ threads
-    # Memory grew ×4 for ×(512/224)² pixels: exponent < 1 is floored to linear.
-    assert guess["mem_exponent"] == pytest.approx(max(1.0, np.log(4) / np.log((512 / 224) ** 2)))
-    assert backbone.predict(history, "other", "fp32", 1024, 1, flops=None) is None
+def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms(tmp_path: Path) -> None:
+    def ok(model: str, mem: float, ips: float, ckpt: bool = False) -> backbone.Outcome:
+        result = {"params": 1, "images_per_s": ips, "median_s": 1 / ips, "peak_mem_mb": mem, "cpu_util": 1.0}
+        return backbone.Outcome(_config(model, ckpt=ckpt), "ok", result=result)
 
-
-def test_rows_and_markdown_report_ratios_against_both_baselines() -> None:
-    common = {"params": 10, "flops": 2e9, "images_per_s_best": 1.0, "cpu_util": 1.0}
     outcomes = [
-        _outcome("vheat_base", 224, 1, peak_mem_mb=50.0, images_per_s=3.0, images_per_s_cpu=4.0, **common),
-        _outcome(backbone.SWIN, 224, 1, peak_mem_mb=100.0, images_per_s=1.0, images_per_s_cpu=2.0, **common),
-        _outcome(backbone.VIT, 224, 1, peak_mem_mb=25.0, images_per_s=6.0, images_per_s_cpu=8.0, **common),
-        backbone.Outcome(backbone.Config("vheat_base", 2048, 1, "fp32", 1.0, 1, 2), "skipped", reason="too slow"),
+        ok("vheat_base", 50.0, 3.0),
+        ok(backbone.SWIN, 100.0, 1.0),
+        ok(backbone.VIT, 25.0, 6.0),
+        ok("vheat_base", 40.0, 2.0, ckpt=True),
+        backbone.Outcome(_config(backbone.SWIN, ckpt=True), "oom", reason="OOM > 6 GiB"),
     ]
-    rows = backbone._rows(outcomes)
-    assert rows[0]["mem_vs_swin"] == 0.5 and rows[0]["speed_vs_swin"] == 2.0 and rows[0]["speed_wall_vs_swin"] == 3.0
-    assert rows[0]["mem_vs_vit"] == 2.0 and rows[0]["flops_vs_vit"] == 1.0
+    rows = backbone.rows(outcomes, {"vheat_base@512": 2e9})
+    assert rows[0]["mem_vs_swin"] == 0.5 and rows[0]["speed_vs_swin"] == 3.0 and rows[0]["gflops"] == 2.0
+    assert rows[0]["mem_vs_vit"] == 2.0 and rows[0]["speed_vs_vit"] == 0.5
     assert "mem_vs_swin" not in rows[1]  # a baseline is not compared with itself
+    assert rows[3]["vs_swin"] == "swin oom" and "mem_vs_vit" not in rows[3]  # no ViT row in that group
     record = {
         "command": "python benchmarks/backbone.py",
-        "date_utc": "2026-11-23T00:00:00+00:00",
-        "machine": {"cpu_model": "cpu", "cpu_count": 2, "ram_gib": 24, "cpu_isa": ["avx2"]},
+        "date_utc": "2026-12-02T00:00:00+00:00",
+        "machine": {"cpu_model": "cpu", "cpu_count": 2, "ram_gib": 24},
         "versions": {"torch": "2", "timm": "1"},
-        "settings": {"dtypes": ["fp32"], "threads": 2},
+        "settings": {"mode": "train", "threads": 2, "batch": 1, "steps": 1, "mem_cap_gb": 6.0},
         "load_start": {"1m": 0.1},
         "load_end": {"1m": 0.2},
         "wall_min": 1.0,
         "rows": rows,
-        "outcomes": [{"result": o.result} for o in outcomes],
-        "static": {"vheat_base@224": {"flops": 2e9, "flops_unfused": 3e9}},
+        "outcomes": [{"config": dataclasses.asdict(o.config), "result": o.result} for o in outcomes],
     }
-    text = backbone.markdown(record)
-    assert "| 224 | 1 | `vheat_base` | 0.00 | 2.0 | 3 | 4 | 50 | 0.50 / 1.00 / 2.00× (3.00×) |" in text
-    assert "skipped: too slow" in text and "1.50 GMAC unfused" in text
+    text = backbone.markdown(record, "backbone-train-x.json")
+    assert "JSON `benchmarks/out/backbone-train-x.json`" in text
+    assert "| 512 | fp32 | off | `vheat_base` | 2 | 0.33 | 3 | 50 | None | 0.50 / 3.00× | 2.00 / 0.50× |" in text
+    assert "| 512 | fp32 | on | Swin-B (timm, w8) | – | oom: OOM > 6 GiB |" in text
+    saved = tmp_path / "backbone-train-x.json"
+    saved.write_text(json.dumps(record))
+    results = backbone.render(saved, "backbone-train-512", tmp_path / "RESULTS.md")
+    assert f"<!-- backbone-train-512:start -->\n{text}\n<!-- backbone-train-512:end -->" in results.read_text()
+
+
+def test_child_measures_a_training_step_and_reports_oom_under_its_address_space_cap() -> None:
+    config = _config("vheat_test", size=64, ckpt=True, steps=1, mem_cap_gb=2.0)
+    outcome = backbone.run_config(config, timeout_s=300)
+    assert outcome.status == "ok", outcome.reason
+    result = outcome.result
+    # Weights and gradients alone are 2 × weights_mb: the figure counts everything after the imports.
+    assert result["peak_mem_mb"] >= 2 * result["weights_mb"] and result["images_per_s"] > 0
+    assert result["peak_method"] == "VmHWM reset after imports"
+    big = _config("vheat_test", size=4096, steps=1, mem_cap_gb=0.5)
+    assert backbone.run_config(big, timeout_s=300).status == "oom"
 
 
 def test_meta_flop_count_matches_the_vheat_spec() -> None:

@@ -116,8 +116,9 @@ def test_registry_default_is_the_backbone_without_classifier_and_dense_norms_are
             assert f.mean(dim=1).abs().max().item() < 1e-4
 
 
-def test_gradient_checkpointing_gives_the_same_outputs_and_gradients() -> None:
-    model = _build("rsvheat_test", drop_path_rate=0.0)
+@pytest.mark.parametrize("name", ["vheat_test", "rsvheat_test"])
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name: str) -> None:
+    model = _build(name, drop_path_rate=0.0)
     x = torch.randn(2, 3, 48, 40)
     calls: list[int] = []
     model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
