@@ -22,6 +22,7 @@ __all__ = [
     "SampleDataError",
     "SensorConfigError",
     "SensorNotFoundError",
+    "ShardFormatError",
 ]
 
 
@@ -93,3 +94,7 @@ class LeaseLostError(PipelineError, RuntimeError):
 
 class ProcessingVersionError(PipelineError, ValueError):
     """A dataset version is pinned to another processing version (other chip settings or code)."""
+
+
+class ShardFormatError(PipelineError, ValueError):
+    """A shard (or the index pointing into it) does not hold what the training feed reads (docs/feed.md)."""
