@@ -1,4 +1,4 @@
-"""Read an ingested dataset back: plain numpy chips for people, a normalised Ray Dataset for Ray Train workers.
+"""Read an ingested dataset back: plain numpy chips for people, the training feed as a Ray Dataset for Ray Train.
 
 Both readers go through ``dataset.json`` and ``index.parquet`` (never a directory listing), so superseded shards
 and orphans from crashed runs are never read. The dataset root may be a local directory or ``s3://bucket/prefix``.
@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.feed import Normalize, stats_vector, normalize_numpy, open_feed
 from pipeline.manifest import OutputStore
 from pipeline.shards import METADATA_KEY, decode_images, decode_valid
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["ChipSample", "Normalizer", "load_chips", "read_dataset", "read_dataset_json"]
+__all__ = ["ChipSample", "Normalizer", "load_chips", "read_dataset", "read_dataset_json", "read_index"]
 
 _PIXEL_COLUMNS = ("image", "dtype", "shape", "valid")
 _SHARD_COLUMNS = ("chip_id", "item_id", "collection", "crs_epsg", "transform", "window", "datetime", *_PIXEL_COLUMNS)
@@ -61,7 +62,8 @@ def read_dataset_json(dataset_dir: str, *, s3_endpoint: str | None = None) -> di
     return data
 
 
-def _read_index(store: OutputStore, collection: str | None) -> pa.Table:
+def read_index(store: OutputStore, collection: str | None) -> pa.Table:
+    """The rows of ``index.parquet`` whose chips are written (optionally of one collection)."""
     with store.filesystem.open_input_file(store.path("index.parquet")) as handle:
         table = pq.read_table(handle)
     table = table.filter(pc.equal(table["status"], "written"))
@@ -93,7 +95,7 @@ def load_chips(
         KeyError: a requested chip id is not a written chip of the dataset.
     """
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    index = _read_index(store, collection)
+    index = read_index(store, collection)
     wanted = None if chip_ids is None else list(chip_ids)
     if wanted is not None:
         index = index.filter(pc.is_in(index["chip_id"], pa.array(wanted, pa.string())))
@@ -150,34 +152,28 @@ def load_chips(
 class Normalizer:
     """Ray Data batch UDF: ``image`` → float32 ``(x - mean) / std`` per band with nodata set to 0, plus ``chip_key``.
 
+    For pipelines that map over shard rows themselves (e.g. batch embedding); training reads :func:`read_dataset`.
+    The arithmetic is the feed's (:func:`pipeline.feed.normalize_numpy`).
+
     Args:
         mean, std: per-band statistics from ``dataset.json`` (NaN or zero std → 1, NaN mean → 0).
     """
 
     def __init__(self, mean: Sequence[float | None], std: Sequence[float | None]) -> None:
-        m = np.asarray([np.nan if v is None else v for v in mean], dtype=np.float32)
-        s = np.asarray([np.nan if v is None else v for v in std], dtype=np.float32)
-        self.mean = np.where(np.isfinite(m), m, 0.0).astype(np.float32)[None, :, None, None]  # (C,) -> (1, C, 1, 1)
-        self.std = np.where(np.isfinite(s) & (s > 0), s, 1.0).astype(np.float32)[None, :, None, None]
-        self.inv_std = (1.0 / self.std).astype(np.float32)
+        self.mean = stats_vector(mean, 0.0, positive=False)
+        self.std = stats_vector(std, 1.0, positive=True)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        """Normalise one batch (a pyarrow table with ``image``, ``valid`` and ``chip_id`` columns)."""
+        """Normalise one batch (a pyarrow table with ``image``, ``dtype``, ``shape``, ``valid``, ``chip_id``)."""
         from pipeline.manifest import chip_key
 
         raw = decode_images(batch)  # (B, C, H, W), native dtype
-        valid = decode_valid(batch)[:, None, :, :]  # (B, H, W) -> (B, 1, H, W)
-        if raw.shape[1] != self.mean.shape[1]:
+        if raw.shape[1] != self.mean.shape[0]:
             raise ValueError(
-                f"Shard chips have {raw.shape[1]} bands but the dataset stats have {self.mean.shape[1]}; "
+                f"Shard chips have {raw.shape[1]} bands but the dataset stats have {self.mean.shape[0]}; "
                 "read one collection (one band set) per dataset."
             )
-        out = raw.astype(np.float32)  # one copy, then in place
-        out -= self.mean
-        out *= self.inv_std
-        out *= valid
-        if np.issubdtype(raw.dtype, np.floating):  # float sources could hold NaN/inf at invalid pixels
-            out[~np.isfinite(out)] = 0.0
+        out = normalize_numpy(raw, decode_valid(batch), self.mean, self.std)
         keys = np.asarray([chip_key(c) for c in batch.column("chip_id").to_pylist()], dtype=np.int64)
         return {"image": out, "chip_key": keys}
 
@@ -187,47 +183,46 @@ def read_dataset(
     *,
     collection: str | None = None,
     s3_endpoint: str | None = None,
+    normalize: Normalize = "worker",
+    shuffle: bool = False,
+    seed: int | None = None,
+    rows_per_block: int | None = None,
     override_num_blocks: int | None = None,
 ) -> ray.data.Dataset:
-    """A Ray Dataset of normalised chips of one collection for Ray Train (``iter_torch_batches``-ready).
+    """A Ray Dataset of one collection's chips for Ray Train workers (docs/feed.md).
 
-    Columns: ``image`` float32 ``(C, H, W)`` normalised with the collection's ``dataset.json`` stats (nodata → 0 after
-    normalising) and ``chip_key`` int64, which maps back to ``chip_id`` through the ``chip_key`` column of
-    ``index.parquet`` (:func:`pipeline.manifest.chip_key`). String columns are left out on purpose: Ray 2.60's
-    ``iter_torch_batches`` raises ``TypeError`` on them.
+    In the worker: ``ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=..., prefetch_batches=2)``.
+    One read task per shard row group decodes straight into the output block (no ``map_batches`` stage, no string
+    column, no per-row Python). Columns:
+
+    - ``image``: ``(C, H, W)`` float32, normalised with the collection's ``dataset.json`` stats, invalid pixels 0
+      (``normalize="worker"``); or the native dtype (``"device"``), normalised on the GPU with
+      :func:`pipeline.torch_normalize` (half the bytes through the object store for uint16 sources).
+    - ``valid``: ``(H, W)`` bool, True where every band has data.
+    - ``chip_key``: int64; ``index.parquet``'s ``chip_key`` column maps it back to ``chip_id``.
+    - pass-through shard columns when present: ``label*`` and per-band validity (``valid_*``).
 
     Args:
         dataset_dir: the ingest output (local path or ``s3://``).
-        collection: which collection; required when the dataset holds several.
+        collection: which collection; required when the dataset holds several (a batch never mixes sensors).
         s3_endpoint: S3 endpoint URL for a local S3 (default: ``AWS_ENDPOINT_URL``).
-        override_num_blocks: passed to ``ray.data.read_parquet``.
+        normalize: ``"worker"`` or ``"device"`` (see ``image``).
+        shuffle: shuffle the row-group order and the chip order within row groups, anew on every execution (each
+            epoch) unless ``seed`` is set; add ``local_shuffle_buffer_size=`` in ``iter_torch_batches`` to mix
+            row groups within batches as well.
+        seed: fixes the shuffle (the same order every epoch).
+        rows_per_block: chips per output block; default: as many as fit in the DataContext's target block size.
+        override_num_blocks: at most this many read tasks (row groups are grouped); default one per row group.
 
     Raises:
         ValueError: several collections and none chosen, or an unknown one; the message lists them.
         LookupError: the collection has no written chip (no stats, no shards).
+        ShardFormatError: a shard lacks the feed's columns or holds another chip shape (e.g. an older ingest).
     """
     import ray.data
 
-    meta = read_dataset_json(dataset_dir, s3_endpoint=s3_endpoint)
-    collections = meta.get("collections") or {}
-    if collection is None:
-        if len(collections) != 1:
-            raise ValueError(
-                f"{dataset_dir} holds {len(collections)} collections {sorted(collections)}; pass "
-                "collection=... (one dataset per collection keeps band counts equal within a batch)."
-            )
-        collection = next(iter(collections))
-    if collection not in collections:
-        raise ValueError(f"Collection {collection!r} is not in {dataset_dir}; it holds {sorted(collections)}.")
-    entry = collections[collection]
-    stats = entry.get("stats")
-    if not entry.get("shards") or not stats:
-        raise LookupError(f"Collection {collection!r} of {dataset_dir} has no written chips (no shards, no stats).")
-    store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    paths = [store.path(p) for p in entry["shards"]]
-    ds = ray.data.read_parquet(
-        paths,
-        filesystem=store.filesystem,
-        override_num_blocks=override_num_blocks,
-    ).select_columns(["chip_id", *_PIXEL_COLUMNS])  # pushed down into the Parquet read
-    return ds.map_batches(Normalizer(stats["mean"], stats["std"]), batch_format="pyarrow")
+    from pipeline.ray_feed import ChipDatasource
+
+    plan = open_feed(dataset_dir, collection=collection, s3_endpoint=s3_endpoint)
+    source = ChipDatasource(plan, normalize=normalize, shuffle=shuffle, seed=seed, rows_per_block=rows_per_block)
+    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)

@@ -17,6 +17,7 @@ __all__ = [
     "SampleDataError",
     "SensorConfigError",
     "SensorNotFoundError",
+    "ShardFormatError",
 ]
 
 
@@ -68,3 +69,6 @@ class SensorConfigError(PipelineError, ValueError):
 class SampleDataError(PipelineError, RuntimeError):
     """The real sample data could not be fetched from the package registry or converted (pipeline/samples.py)."""
 
+
+class ShardFormatError(PipelineError, ValueError):
+    """A shard (or the index pointing into it) does not hold what the training feed reads (docs/feed.md)."""

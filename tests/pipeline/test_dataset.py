@@ -19,18 +19,22 @@ from pipeline.stac import read_catalog
 SYNTHETIC = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The synthetic catalog ingested item by item (no Ray), then the outputs rebuilt from the manifests."""
-    out = tmp_path_factory.mktemp("dataset")
+def ingest_synthetic(out: Path, chip_size: int) -> Path:
+    """The synthetic catalog ingested item by item into ``out`` (no Ray), then the outputs rebuilt from the manifests."""
     sensors = load_sensors()
-    pv = processing_version(sensors, chip_size=64, stride=None, max_nodata=50.0, max_cloud=None)
-    settings = IngestSettings(output=str(out), dataset_version="v1", processing_version=pv, chip_size=64)
+    pv = processing_version(sensors, chip_size=chip_size, stride=None, max_nodata=50.0, max_cloud=None)
+    settings = IngestSettings(output=str(out), dataset_version="v1", processing_version=pv, chip_size=chip_size)
     store = OutputStore.open(str(out))
     for item in read_catalog(SYNTHETIC / "items-fc.json").items:
         ingest_item(json.dumps(item), settings, sensors=sensors, store=store)
     write_outputs(store, dataset_version="v1", source={"catalog": "synthetic"})
     return out
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic catalog ingested at 64 px chips."""
+    return ingest_synthetic(tmp_path_factory.mktemp("dataset"), 64)
 
 
 def _written(dataset_dir: Path, collection: str | None = None) -> list[dict[str, Any]]:
