@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.dataset import Normalizer, load_chips, read_dataset, read_dataset_json
+from pipeline.dataset import load_chips, read_dataset, read_dataset_json, read_index
+from pipeline.feed import normalize_numpy, stats_vector
 from pipeline.manifest import OutputStore
 
 if TYPE_CHECKING:
@@ -105,10 +105,7 @@ class FeedPlan:
 
 
 def _index(dataset_dir: str, s3_endpoint: str | None) -> pa.Table:
-    store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    with store.filesystem.open_input_file(store.path("index.parquet")) as handle:
-        table = pq.read_table(handle, columns=_INDEX_COLUMNS)
-    return table.filter(pc.equal(table["status"], "written"))
+    return read_index(OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint), None).select(_INDEX_COLUMNS)
 
 
 def _iou(a: Mapping[str, float], b: Mapping[str, float]) -> float:
@@ -328,8 +325,9 @@ class PairJoiner:
     """Ray Data batch UDF: add each optical chip's SAR partner (normalised with the SAR stats) as ``partner``.
 
     The anchor rows come from :func:`pipeline.read_dataset`; the partners are read with :func:`pipeline.load_chips`
-    (one read per needed row group) and normalised exactly as ``read_dataset`` normalises: ``(x - mean) / std``,
-    nodata -> 0. Rows without a partner are dropped.
+    (one read per needed row group) and normalised with the feed's own arithmetic
+    (:func:`pipeline.feed.normalize_numpy`: ``(x - mean) / std``, invalid pixels 0). Rows without a partner are
+    dropped.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], dataset_dir: str, collection: str,
@@ -338,7 +336,7 @@ class PairJoiner:
 
         self.partner = {chip_key(a): b for a, b in pairs}
         self.dataset_dir, self.collection, self.s3_endpoint = dataset_dir, collection, s3_endpoint
-        self.norm = Normalizer(mean, std)
+        self.mean, self.std = stats_vector(mean, 0.0, positive=False), stats_vector(std, 1.0, positive=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keep = np.asarray([int(k) in self.partner for k in batch["chip_key"]], dtype=bool)
@@ -346,30 +344,29 @@ class PairJoiner:
         ids = [self.partner[int(k)] for k in out["chip_key"]]
         chips = list(load_chips(self.dataset_dir, ids, collection=self.collection, s3_endpoint=self.s3_endpoint))
         if not chips:
-            shape = (0, self.norm.mean.shape[1], *out["image"].shape[2:])
+            shape = (0, self.mean.shape[0], *out["image"].shape[2:])
             out["partner"] = np.zeros(shape, np.float32)
             out["partner_valid"] = np.zeros((0, *shape[2:]), bool)
             return out
         raw = np.stack([c["image"] for c in chips])  # (B, C, H, W), native dtype
         valid = np.stack([c["valid"] for c in chips])  # (B, H, W)
-        x = raw.astype(np.float32)
-        x -= self.norm.mean
-        x *= self.norm.inv_std
-        x *= valid[:, None]
-        x[~np.isfinite(x)] = 0.0
-        out["partner"] = x
+        out["partner"] = normalize_numpy(raw, valid, self.mean, self.std)  # the feed's own arithmetic
         out["partner_valid"] = valid
         return out
 
 
-def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None) -> dict[str, ray.data.Dataset]:
-    """One Ray Dataset per stream, read with :func:`pipeline.read_dataset` (one collection, one sensor each)."""
+def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None, shuffle: bool = True
+                   ) -> dict[str, ray.data.Dataset]:
+    """One Ray Dataset per stream, read with :func:`pipeline.read_dataset` (one collection, one sensor each).
+
+    ``shuffle`` shuffles the row-group and chip order anew every epoch (the feed's own shuffle).
+    """
     from pipeline.manifest import chip_key
 
     out = {}
     for name, stream in plan.streams.items():
         dataset_dir, collection = stream.sources[0]
-        ds = read_dataset(dataset_dir, collection=collection, s3_endpoint=s3_endpoint)
+        ds = read_dataset(dataset_dir, collection=collection, s3_endpoint=s3_endpoint, shuffle=shuffle)
         if len(stream.stems) == 2:
             sar = plan.stems[stream.stems[1]]
             joiner = PairJoiner(stream.pairs, stream.sources[1][0], stream.sources[1][1], sar.mean, sar.std,

@@ -628,6 +628,7 @@ def train_driver_fn(cfg: PretrainConfig, public: Mapping[str, Any]) -> tuple[Any
 def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Path]:
     """Write ``encoder.pt``, ``encoder.json``, ``metrics.csv`` and ``loss.png`` to ``--output`` from a checkpoint."""
     import torch
+
     from rsvheat.ssl import export_encoder
 
     output = Path(cfg.output)
@@ -644,7 +645,10 @@ def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Pa
                "steps": int(state["step"]), "config": state["config"]}
     bands = {n: list(s.bands) for n, s in plan.stems.items()}
     encoder_path = output / "encoder.pt"
-    export_encoder(pretrainer, encoder_path, bands=bands, stats=stats, lineage=lineage)
+    versions = sorted({str(d.get("dataset_version")) for d in plan.lineage.get("datasets", [])})
+    export_encoder(pretrainer, encoder_path, bands=bands, stats=stats, lineage=lineage, step=int(state["step"]),
+                   dataset_version="+".join(versions) or None,
+                   metrics={k: float(history[-1][k]) for k in ("loss", "spa", "fre", "con")} if history else None)
     encoder = pretrainer.encoder
     img_size = cfg.img_size or max(s.chip_shape[1] for s in plan.stems.values())
     item = mlm_item(
