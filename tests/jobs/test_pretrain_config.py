@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,5 +80,5 @@ def test_lr_warms_up_then_decays_to_the_floor() -> None:
     cfg = PretrainConfig(warmup_steps=10, max_steps=110, min_lr_ratio=0.01)
     factors = [lr_factor(s, cfg) for s in range(110)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert lr_factor(110, cfg) == pytest.approx(0.01)
