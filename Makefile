@@ -13,7 +13,7 @@ PYTEST_MARKED = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$? -eq 5
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator clean
+.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-pretrain clean
 
 # Re-install only when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -65,6 +65,10 @@ bench-backbone: .venv-vision/.installed
 
 bench-operator: install
 	$(PY) benchmarks/hco_operator.py
+
+# Pretraining chips/s and data-wait fraction through the real job path, 1 and 2 CPU workers (GPU: --gpu).
+bench-pretrain: samples
+	$(PY) benchmarks/pretrain.py
 
 clean:
 	rm -rf $(VENV) .venv-vision .cache out benchmarks/out

@@ -18,7 +18,9 @@ Read by ``jobs/pretrain.py``; the rules are written down in ``docs/pretrain-job.
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -390,11 +392,14 @@ def pick_stream(names: Sequence[str], weights: Sequence[float], seed: int, step:
 
 
 class StreamFeed:
-    """Endless batches per stream from Ray Train dataset shards, with a resumable position.
+    """Endless batches per stream from Ray Train dataset shards, read ahead in a thread, with a resumable position.
 
-    The position of a stream is ``[epoch, batches consumed in that epoch]``. Resuming re-opens the epoch with the
-    same shuffle seed and skips that many batches (read, not trained on), so the step count and the per-stream epoch
-    continue; which rows a worker sees can still differ, because Ray Data assigns blocks to workers dynamically.
+    One daemon thread per stream iterates ``iter_torch_batches`` epoch after epoch into a bounded queue
+    (``prefetch_batches`` deep), so the start of the next epoch (a new Ray Data execution) overlaps the training
+    steps instead of stalling one. The position of a stream is ``[epoch, batches consumed in that epoch]``, counted
+    when the training loop takes a batch, not when the thread reads it. Resuming re-opens that epoch and skips that
+    many batches (read, not trained on), so the step count and the per-stream epoch continue; which rows a worker
+    sees can still differ, because Ray Data assigns blocks to workers dynamically and the feed reshuffles.
     """
 
     def __init__(self, shards: Mapping[str, Any], *, batch_size: int, seed: int, shuffle_buffer: int,
@@ -402,40 +407,70 @@ class StreamFeed:
                  device: torch.device | str = "cpu") -> None:
         self.shards = dict(shards)
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
-        self.prefetch_batches, self.device = prefetch_batches, device
+        self.prefetch_batches, self.device = max(1, prefetch_batches), device
         self.position = {name: list((position or {}).get(name, (0, 0))) for name in self.shards}
-        self._iters: dict[str, Iterator[dict[str, torch.Tensor]]] = {}
+        self._queues: dict[str, queue.Queue[Any]] = {}
+        self._stop = threading.Event()
 
-    def _epochs(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            epoch, skip = self.position[name]
-            batches = self.shards[name].iter_torch_batches(
-                batch_size=self.batch_size,
-                prefetch_batches=self.prefetch_batches,
-                drop_last=True,  # equal batch shapes on every rank: the cross-rank L_con gathers them
-                local_shuffle_buffer_size=self.shuffle_buffer or None,
-                local_shuffle_seed=None if not self.shuffle_buffer else self.seed * 100_003 + epoch,
-                device=self.device,
-            )
-            produced = 0
-            for i, batch in enumerate(batches):
-                produced += 1
-                if i < skip:
-                    continue
-                self.position[name] = [epoch, i + 1]
-                yield batch
-            if produced == 0:
-                raise RuntimeError(
-                    f"Stream {name!r} produced no batch of {self.batch_size} in epoch {epoch} on this worker; lower "
-                    "--batch-size (every worker needs at least one full batch per epoch)."
-                )
-            self.position[name] = [epoch + 1, 0]
+    def _batches(self, name: str, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.shards[name].iter_torch_batches(
+            batch_size=self.batch_size,
+            prefetch_batches=self.prefetch_batches,
+            drop_last=True,  # equal batch shapes on every rank: the cross-rank L_con gathers them
+            local_shuffle_buffer_size=self.shuffle_buffer or None,
+            local_shuffle_seed=None if not self.shuffle_buffer else self.seed * 100_003 + epoch,
+            device=self.device,
+        ))
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, name: str, q: queue.Queue[Any], epoch: int, skip: int) -> None:
+        try:
+            while not self._stop.is_set():
+                produced = 0
+                batches = self._batches(name, epoch)
+                try:
+                    for i, batch in enumerate(batches):
+                        produced += 1
+                        if i >= skip and not self._put(q, (epoch, i + 1, batch)):
+                            return
+                finally:
+                    close = getattr(batches, "close", None)
+                    if close is not None:  # ends the epoch's Ray Data execution when stopped mid-epoch
+                        close()
+                if produced == 0:
+                    raise RuntimeError(
+                        f"Stream {name!r} produced no batch of {self.batch_size} in epoch {epoch} on this worker; "
+                        "lower --batch-size (every worker needs at least one full batch per epoch)."
+                    )
+                epoch, skip = epoch + 1, 0
+        except BaseException as err:  # handed to the training loop, which re-raises it
+            self._put(q, err)
 
     def next(self, name: str) -> dict[str, torch.Tensor]:
         """The next batch of stream ``name`` (a new epoch starts when one ends)."""
-        if name not in self._iters:
-            self._iters[name] = self._epochs(name)
-        return next(self._iters[name])
+        if name not in self._queues:
+            self._queues[name] = q = queue.Queue(maxsize=self.prefetch_batches)
+            epoch, skip = self.position[name]
+            threading.Thread(target=self._produce, args=(name, q, epoch, skip), name=f"feed-{name}",
+                             daemon=True).start()
+        item = self._queues[name].get()
+        if isinstance(item, BaseException):
+            raise item
+        epoch, consumed, batch = item
+        self.position[name] = [epoch, consumed]
+        return batch
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (they exit at their next queue operation)."""
+        self._stop.set()
 
 
 def plan_to_dict(plan: FeedPlan, *, with_pairs: bool = False) -> dict[str, Any]:

@@ -29,7 +29,7 @@ __all__ = [
     "read_metrics_csv",
 ]
 
-METRIC_COLUMNS = ("step", "loss", "spa", "fre", "con", "lr", "chips_per_s", "data_wait", "stream")
+METRIC_COLUMNS = ("step", "loss", "spa", "fre", "con", "lr", "chips_per_s", "data_wait", "step_s", "stream")
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 

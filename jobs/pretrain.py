@@ -504,6 +504,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 )
         if rank == 0 and (step_no % cfg.log_every == 0 or step_no == cfg.max_steps or step_no == start + 1):
             log.info("%s", _progress(row, cfg, started, start))
+    feed.close()
 
 
 # ------------------------------------------------------------------------------------------------------ driver

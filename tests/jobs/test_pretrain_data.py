@@ -120,3 +120,25 @@ def test_pair_joiner_adds_the_normalised_partner(sample_ingest: Path) -> None:
     first = next(load_chips(str(sample_ingest), [stream.pairs[0][1]]))
     expected = (first["image"] - np.asarray(stats["mean"])[:, None, None]) / np.asarray(stats["std"])[:, None, None]
     np.testing.assert_allclose(out["partner"][0], expected * first["valid"], rtol=1e-5, atol=1e-5)
+
+
+def test_stream_feed_counts_epochs_and_resumes_its_position(ray_local: Any) -> None:
+    import ray.data
+
+    from jobs._pretrain_data import StreamFeed
+
+    ds = ray.data.from_items([{"x": np.float32(i)} for i in range(10)], override_num_blocks=2)
+    feed = StreamFeed({"a": ds.iterator()}, batch_size=4, seed=0, shuffle_buffer=0, prefetch_batches=2)
+    seen = [feed.next("a")["x"].tolist() for _ in range(3)]  # two full batches per epoch (drop_last), then epoch 1
+    assert feed.position["a"] == [1, 1]
+    assert sorted(v for b in seen[:2] for v in b) == [0, 1, 2, 3, 4, 5, 6, 7]
+    feed.close()
+    resumed = StreamFeed({"a": ds.iterator()}, batch_size=4, seed=0, shuffle_buffer=0, prefetch_batches=2,
+                         position={"a": [1, 1]})
+    assert resumed.next("a")["x"].tolist() == [4.0, 5.0, 6.0, 7.0]  # epoch 1, batch 2 (unshuffled order)
+    assert resumed.position["a"] == [1, 2]
+    assert resumed.next("a") is not None and resumed.position["a"] == [2, 1]
+    resumed.close()
+    empty = StreamFeed({"a": ds.iterator()}, batch_size=64, seed=0, shuffle_buffer=0, prefetch_batches=1)
+    with pytest.raises(RuntimeError, match="lower --batch-size"):
+        empty.next("a")
