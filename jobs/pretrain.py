@@ -4,6 +4,8 @@ Run locally or on a cluster::
 
     python jobs/pretrain.py --config jobs/configs/pretrain_sample.yaml
     python jobs/pretrain.py --smoke-test --output /tmp/pt            # ingests .cache/samples first, 2 CPU workers
+    ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain_sample.yaml \
+        --samples $PWD/.cache/samples/catalog.json --output $PWD/out/pretrain-sample --storage-path $PWD/out/runs
     ray job submit --working-dir . -- python jobs/pretrain.py --data s3://bucket/datasets/s2 s3://bucket/datasets/s1 \
         --model rsvheat_base --num-workers 8 --use-gpu --run-name rsvheat-b-v1 --storage-path s3://bucket/runs \
         --output /shared/models/rsvheat-b-v1
@@ -92,7 +94,9 @@ class PretrainConfig:
     """Configuration of ``jobs/pretrain.py``; every field is a flag (``--max-steps``) and a YAML key (``max_steps``)."""
 
     # Data
-    data: tuple[str, ...] = field(default=(), metadata={"help": "ingest outputs (local dirs or s3://), one or more"})
+    data: tuple[str, ...] = field(
+        default=(), metadata={"help": "ingest outputs (local dirs or s3://); none: ingest --samples first"}
+    )
     collections: tuple[str, ...] = field(default=(), metadata={"help": "only these collections (default: all)"})
     pairing: bool = field(default=True, metadata={"help": "pair optical and SAR chips of one place for L_con"})
     pair_window_hours: float = field(default=72.0, metadata={"help": "largest time gap of an optical-SAR pair"})
@@ -144,7 +148,7 @@ class PretrainConfig:
     max_failures: int = field(default=3, metadata={"help": "worker-group restarts after failures (-1: unlimited)"})
     output: str = field(default="out/pretrain", metadata={"help": "encoder.pt, encoder.json, metrics.csv, loss.png"})
     log_every: int = field(default=1, metadata={"help": "a progress line every N steps"})
-    samples: str = field(default=DEFAULT_SAMPLES, metadata={"help": "sample catalog --smoke-test ingests"})
+    samples: str = field(default=DEFAULT_SAMPLES, metadata={"help": "sample catalog ingested when --data is empty"})
     smoke_test: bool = field(default=False, metadata={"help": "2 CPU workers, *_test model, a few steps"})
     # Fault injection (tests)
     inject_kill_at_step: int | None = field(
@@ -195,8 +199,12 @@ def validate(cfg: PretrainConfig) -> None:
     """
     import rsvheat
 
-    if not cfg.data and not cfg.smoke_test:
-        raise ConfigError("--data is required: one or more `jobs/ingest.py` outputs (local dirs or s3://).")
+    if not cfg.data and not Path(cfg.samples).exists():
+        raise ConfigError(
+            f"No --data given and no sample catalog at {cfg.samples}: pass --data DIR... (outputs of jobs/ingest.py, "
+            "local or s3://), or --samples /absolute/path/catalog.json (build it with `python -m pipeline.samples "
+            "--out .cache/samples`; under `ray job submit --working-dir .` the git-ignored .cache/ is not uploaded)."
+        )
     if not rsvheat.is_model(cfg.model):
         raise ConfigError(f"--model {cfg.model!r} is not registered; choose one of {rsvheat.list_models()}.")
     for key in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "num_workers", "log_every"):
@@ -671,23 +679,17 @@ def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Pa
 # ------------------------------------------------------------------------------------------------------ main
 
 
-def _smoke_data(cfg: PretrainConfig) -> PretrainConfig:
-    """``--smoke-test`` without ``--data``: ingest the sample catalog into ``OUTPUT/smoke-data`` first (idempotent)."""
-    if not cfg.smoke_test or cfg.data:
+def _sample_data(cfg: PretrainConfig) -> PretrainConfig:
+    """No ``--data``: ingest the sample catalog ``--samples`` into ``OUTPUT/sample-data`` first (idempotent)."""
+    if cfg.data:
         return cfg
     from jobs.ingest import IngestConfig, run_ingest
 
     samples = Path(cfg.samples)
-    if not samples.exists():
-        raise ConfigError(
-            f"--smoke-test needs the sample catalog at {samples} (build it with `python -m pipeline.samples --out "
-            ".cache/samples`) or --data DIR of an ingest output; under `ray job submit --working-dir .` the "
-            "git-ignored .cache/ is not uploaded, so pass --samples /absolute/path/catalog.json."
-        )
-    target = str(Path(cfg.output).resolve() / "smoke-data")
+    target = str(Path(cfg.output).resolve() / "sample-data")
     summary = run_ingest(IngestConfig(catalog=str(samples.resolve()), output=target, chip_size=120, workers=2,
                                       progress=False))
-    log.info("smoke-test data: %d chips in %s (exit %d)", summary.chips_written, target, summary.exit_code)
+    log.info("sample data: %d chips in %s (exit %d)", summary.chips_written, target, summary.exit_code)
     return replace(cfg, data=(target,))
 
 
@@ -711,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       data=tuple(d if "://" in d else str(Path(d).resolve()) for d in cfg.data))
         validate(cfg)
         _init_ray()
-        cfg = _smoke_data(cfg)
+        cfg = _sample_data(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_shipped_configs_parse() -> None:
     for name in ("pretrain_sample.yaml", "pretrain_smoke.yaml"):
-        cfg = parse_config(PretrainConfig, ["--config", str(REPO / "jobs" / "configs" / name)])
+        cfg = parse_config(PretrainConfig, ["--config", str(REPO / "jobs" / "configs" / name), "--data", "d"])
         validate(resolve_smoke(cfg))
 
 
@@ -49,7 +49,6 @@ def test_unknown_key_is_an_error_listing_the_known_ones(tmp_path: Path, capsys: 
 @pytest.mark.parametrize(
     ("overrides", "flag"),
     [
-        ({"data": ()}, "--data"),
         ({"model": "nope"}, "--model"),
         ({"batch_size": 0}, "--batch-size"),
         ({"run_name": "a/b"}, "--run-name"),
@@ -60,6 +59,12 @@ def test_unknown_key_is_an_error_listing_the_known_ones(tmp_path: Path, capsys: 
 def test_validate_names_the_flag(overrides: dict[str, object], flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         validate(replace(PretrainConfig(data=("x",)), **overrides))
+
+
+def test_no_data_and_no_samples_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--samples", str(tmp_path / "missing.json"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "No --data given" in err and "--samples /absolute/path" in err
 
 
 def test_smoke_uses_the_family_test_variant_on_two_cpu_workers() -> None:
