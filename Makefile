@@ -15,7 +15,7 @@ PYTEST_MARKED_MAY_BE_EMPTY = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$?
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-feed clean
+.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-feed bench-pretrain clean
 
 # Re-install only when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -71,6 +71,10 @@ bench-operator: install
 # The training feed vs the raw floor and TorchGeo (in .venv-vision) on the real S2 scene (docs/feed.md).
 bench-feed: samples .venv-vision/.installed
 	$(PY) benchmarks/feed.py
+
+# Pretraining chips/s and data-wait fraction through the real job path, 1 and 2 CPU workers (GPU: --gpu).
+bench-pretrain: samples
+	$(PY) benchmarks/pretrain.py
 
 clean:
 	rm -rf $(VENV) .venv-vision .cache out benchmarks/out

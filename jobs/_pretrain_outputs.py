@@ -1,0 +1,250 @@
+"""What a pretraining run leaves in ``--output``: ``metrics.csv``, ``loss.png`` and the ``encoder.json`` STAC Item.
+
+``encoder.pt`` itself is written by :func:`rsvheat.ssl.export_encoder`; ``encoder.json`` describes it with the STAC
+Machine Learning Model extension (``mlm``, v1.5.0): architecture, one ``mlm:input`` per stem with its band order,
+shape and z-score ``value_scaling`` from the dataset stats, the feature-pyramid output, the framework, and an asset
+with roles ``mlm:model``/``mlm:weights`` pointing at ``encoder.pt``. See ``docs/pretrain-job.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "MLM_SCHEMA",
+    "combined_stats_hash",
+    "metrics_csv_text",
+    "mlm_item",
+    "plot_loss_png",
+    "read_metrics_csv",
+]
+
+METRIC_COLUMNS = ("step", "loss", "spa", "fre", "con", "lr", "chips_per_s", "data_wait", "step_s", "stream")
+MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
+FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+
+
+def metrics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` (one per logged step) as CSV text with :data:`METRIC_COLUMNS` in that order."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+    return buffer.getvalue()
+
+
+def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv``; numbers parsed (``step`` as int), ``stream`` kept as text."""
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {}
+            for key, value in row.items():
+                if key == "stream" or value in ("", None):
+                    parsed[key] = value
+                elif key == "step":
+                    parsed[key] = int(value)
+                else:
+                    parsed[key] = float(value)
+            rows.append(parsed)
+    return rows
+
+
+def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    return [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+
+
+def plot_loss_png(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Draw the loss and its terms over steps with PIL (axes, ticks, legend) and save a PNG.
+
+    Raises:
+        ValueError: no row has a finite loss.
+    """
+    from PIL import Image, ImageDraw
+
+    series = {key: [(r["step"], float(r[key])) for r in rows if _finite(r.get(key))] for key in
+              ("loss", "spa", "fre", "con")}
+    if not series["loss"]:
+        raise ValueError(f"No finite loss in {len(rows)} metric rows; nothing to plot for {path}.")
+    colors = {"loss": (20, 20, 20), "spa": (31, 119, 180), "fre": (44, 160, 44), "con": (214, 39, 40)}
+    width, height, left, right, top, bottom = 900, 500, 80, 130, 40, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [p for s in series.values() for p in s]
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y1 = y0 + 1.0
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        px = left + (step - x0) / (x1 - x0) * (width - left - right)
+        py = height - bottom - (value - y0) / (y1 - y0) * (height - top - bottom)
+        return px, py
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for tick in _ticks(y0, y1):
+        _, py = xy(x0, tick)
+        draw.line([left - 5, py, left, py], fill="black")
+        draw.text((8, py - 6), f"{tick:.3g}", fill="black")
+    for tick in _ticks(x0, x1):
+        px, _ = xy(tick, y0)
+        draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
+        draw.text((px - 10, height - bottom + 8), f"{round(tick)}", fill="black")
+    draw.text(((width - right + left) / 2 - 15, height - 25), "step", fill="black")
+    draw.text((left, 12), title or "pretraining loss", fill="black")
+    for i, (key, pts) in enumerate(series.items()):
+        if not pts:
+            continue
+        coords = [xy(s, v) for s, v in pts]
+        if len(coords) > 1:
+            draw.line(coords, fill=colors[key], width=3 if key == "loss" else 1)
+        else:
+            cx, cy = coords[0]
+            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colors[key])
+        ly = top + 10 + 18 * i
+        draw.line([width - right + 10, ly + 6, width - right + 35, ly + 6], fill=colors[key], width=3)
+        draw.text((width - right + 40, ly), key, fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value not in ("", None) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def combined_stats_hash(per_stem: Mapping[str, str]) -> str:
+    """One hash over the per-stem ``stats_hash`` values (an encoder records one ``stats_hash``)."""
+    text = json.dumps(dict(sorted(per_stem.items())), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mlm_item(
+    encoder_path: str | os.PathLike[str],
+    *,
+    run_name: str,
+    model: str,
+    model_kwargs: Mapping[str, Any],
+    stems: Mapping[str, Mapping[str, Any]],
+    img_size: int,
+    num_features: int,
+    total_parameters: int,
+    lineage: Mapping[str, Any],
+    steps: int,
+    framework_version: str,
+    hyperparameters: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A STAC Item (``mlm`` extension) describing ``encoder.pt``.
+
+    Args:
+        encoder_path: the exported encoder (its size and sha256 go into the asset; the href is relative).
+        stems: per stem ``{"bands": [...], "mean": [...], "std": [...], "stats_hash": str, "modality": str}``.
+        img_size: the chip size pretrained on (any size works at inference; this is the nominal one).
+        num_features: channels of the last pyramid stage.
+    """
+    path = Path(encoder_path)
+    inputs = []
+    for name, stem in stems.items():
+        bands = list(stem["bands"])
+        inputs.append(
+            {
+                "name": name,
+                "description": f"{stem.get('modality', 'optical')} stem `{name}`; pass modality={name!r}",
+                "bands": bands,
+                "input": {
+                    "shape": [-1, len(bands), img_size, img_size],
+                    "dim_order": ["batch", "bands", "height", "width"],
+                    "data_type": "float32",
+                },
+                "value_scaling": [
+                    {"type": "z-score", "mean": float(m), "stddev": float(s)}
+                    for m, s in zip(stem["mean"], stem["std"], strict=True)
+                ],
+                "resize_type": None,
+                "pre_processing_function": None,
+            }
+        )
+    properties = {
+        "datetime": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "description": f"Self-supervised {model} encoder pretrained by jobs/pretrain.py (run {run_name!r}, "
+        f"{steps} steps); load with rsvheat.load_checkpoint.",
+        "mlm:name": f"{model}-{run_name}",
+        "mlm:architecture": model,
+        "mlm:tasks": ["similarity-search"],
+        "mlm:framework": "pytorch",
+        "mlm:framework_version": framework_version,
+        "mlm:memory_size": path.stat().st_size,
+        "mlm:total_parameters": int(total_parameters),
+        "mlm:pretrained": True,
+        "mlm:pretrained_source": "self-supervised (docs/pretrain-job.md) on " + ", ".join(
+            sorted({c for d in lineage.get("datasets", []) for c in d.get("collections", {})})
+        ),
+        "mlm:accelerator": None,
+        "mlm:accelerator_constrained": False,
+        "mlm:hyperparameters": {**dict(hyperparameters), "model_kwargs": dict(model_kwargs)},
+        "mlm:input": inputs,
+        "mlm:output": [
+            {
+                "name": "features",
+                "description": "last-stage feature map (forward_features(x, modality)[-1]); stages 1-3 at strides "
+                "4/8/16 are also available",
+                "tasks": ["similarity-search"],
+                "result": {
+                    "shape": [-1, int(num_features), math.ceil(img_size / 32), math.ceil(img_size / 32)],
+                    "dim_order": ["batch", "channel", "height", "width"],
+                    "data_type": "float32",
+                },
+                "post_processing_function": None,
+            }
+        ],
+        "rsvheat:lineage": dict(lineage),
+    }
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": [MLM_SCHEMA, FILE_SCHEMA],
+        "id": f"{model}-{run_name}",
+        "geometry": None,
+        "properties": properties,
+        "links": [],
+        "assets": {
+            "weights": {
+                "href": f"./{path.name}",
+                "title": f"{model} encoder weights and metadata (rsvheat.checkpoint format)",
+                "type": "application/octet-stream; application=pytorch",
+                "roles": ["mlm:model", "mlm:weights"],
+                "mlm:artifact_type": "torch.save",
+                "file:size": path.stat().st_size,
+                "file:checksum": "1220" + _sha256(path),  # multihash: sha2-256
+            }
+        },
+    }

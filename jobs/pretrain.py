@@ -1,0 +1,747 @@
+"""Self-supervised pretraining on Ray Train: ingest outputs → per-sensor streams → TorchTrainer → encoder.pt.
+
+Run locally or on a cluster::
+
+    python jobs/pretrain.py --config jobs/configs/pretrain_sample.yaml
+    python jobs/pretrain.py --smoke-test --output /tmp/pt            # ingests .cache/samples first, 2 CPU workers
+    ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain_sample.yaml \
+        --samples $PWD/.cache/samples/catalog.json --output $PWD/out/pretrain-sample --storage-path $PWD/out/runs
+    ray job submit --working-dir . -- python jobs/pretrain.py --data s3://bucket/datasets/s2 s3://bucket/datasets/s1 \
+        --model rsvheat_base --num-workers 8 --use-gpu --run-name rsvheat-b-v1 --storage-path s3://bucket/runs \
+        --output /shared/models/rsvheat-b-v1
+
+Steps (docs/pretrain-job.md):
+
+1. **Plan the feed** on the driver: read ``dataset.json`` and ``index.parquet`` of every ``--data``; one stem per
+   sensor, optical-SAR pairs by grid cell/footprint and time window, one Ray Dataset per stream
+   (``pipeline.read_dataset``).
+2. **Train** with ``TorchTrainer`` over ``--num-workers``: every step picks one stream (one sensor, or one pair of
+   sensors, per batch), runs the RS-vHeat objective (``rsvheat.ssl``), accumulates gradients, steps AdamW with
+   warm-up + cosine decay, reports metrics every step and a checkpoint every ``--checkpoint-every`` steps.
+3. **Resume / recover**: the same ``--run-name`` and ``--storage-path`` continue from the last checkpoint (step count,
+   optimizer, scheduler, data position); ``--max-failures`` restarts the workers after a failure.
+4. **Export** on the driver: ``encoder.pt`` (encoder keys only, self-describing), ``encoder.json`` (STAC ``mlm``),
+   ``metrics.csv`` and ``loss.png`` in ``--output``.
+
+Ray touchpoints are numbered ``# [n]``. Exit status: 0 done, 1 training failed, 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jobs/pretrain.py` (also under `ray job submit --working-dir .`)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from jobs._config import ConfigError, config_from_dict, parse_config, to_dict
+from jobs._pretrain_data import (
+    FeedPlan,
+    StreamFeed,
+    build_datasets,
+    drop_small_streams,
+    pick_stream,
+    plan_feed,
+    plan_from_dict,
+    plan_to_dict,
+)
+from jobs._pretrain_outputs import (
+    combined_stats_hash,
+    metrics_csv_text,
+    mlm_item,
+    plot_loss_png,
+    read_metrics_csv,
+)
+from pipeline.cog import redact_href
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+    import ray.data
+    import ray.train
+    import torch
+    from torch import nn
+
+__all__ = ["PretrainConfig", "main", "train_driver_fn", "train_fn_per_worker"]
+
+log = logging.getLogger("jobs.pretrain")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+STATE_FILE, METRICS_FILE, CONFIG_FILE = "state.pt", "metrics.csv", "pretrain_config.json"
+STATE_FORMAT = "rsvheat.pretrain-state"
+# Keys that define the model or the data: a resumed run must keep them (docs/pretrain-job.md "Resume").
+RESUME_LOCKED = ("model", "model_kwargs", "img_size", "fuse_at", "con_mode", "masking", "data", "collections",
+                 "pairing")
+DEFAULT_SAMPLES = ".cache/samples/catalog.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Configuration of ``jobs/pretrain.py``; every field is a flag (``--max-steps``) and a YAML key (``max_steps``)."""
+
+    # Data
+    data: tuple[str, ...] = field(
+        default=(), metadata={"help": "ingest outputs (local dirs or s3://); none: ingest --samples first"}
+    )
+    collections: tuple[str, ...] = field(default=(), metadata={"help": "only these collections (default: all)"})
+    pairing: bool = field(default=True, metadata={"help": "pair optical and SAR chips of one place for L_con"})
+    pair_window_hours: float = field(default=72.0, metadata={"help": "largest time gap of an optical-SAR pair"})
+    pair_min_iou: float = field(default=0.8, metadata={"help": "footprint IoU for a pair on different grids"})
+    s3_endpoint: str | None = field(default=None, metadata={"help": "S3 endpoint URL (default: AWS_ENDPOINT_URL)"})
+    shuffle_buffer: int = field(default=64, metadata={"help": "rows in each worker's local shuffle buffer (0: off)"})
+    prefetch_batches: int = field(default=4, metadata={"help": "batches prefetched per stream and worker"})
+    stream_sampling: Literal["proportional", "uniform"] = field(
+        default="proportional", metadata={"help": "pick streams by their chip counts, or uniformly"}
+    )
+    # Model and objective
+    model: str = field(default="rsvheat_base", metadata={"help": "registry backbone (rsvheat.list_models())"})
+    model_kwargs: tuple[str, ...] = field(
+        default=(), metadata={"help": "backbone overrides KEY=VALUE (YAML values), e.g. drop_path_rate=0.2"}
+    )
+    img_size: int | None = field(default=None, metadata={"help": "nominal input size (default: the chip size)"})
+    masking: tuple[str, ...] = field(
+        default=(), metadata={"help": "frequency-masking options KEY=VALUE, e.g. radius_mode=area pad_mode=reflect"}
+    )
+    fuse_at: tuple[int, ...] = field(default=(3, 4), metadata={"help": "stages where the two views are fused"})
+    loss_weights: tuple[float, float, float] | None = field(
+        default=None, metadata={"help": "weights of L_spa L_fre L_con (default 1 1 1)"}
+    )
+    con_mode: Literal["infonce", "cosine"] = field(default="infonce", metadata={"help": "form of L_con"})
+    temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward"})
+    # Optimisation
+    batch_size: int = field(default=8, metadata={"help": "chips per worker and micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms, biases, FVE/SCE)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.01, metadata={"help": "final lr of the cosine decay, as a fraction"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
+    max_steps: int = field(default=1000, metadata={"help": "optimiser steps of the whole run (resumes count)"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, stream picks, masks and shuffles"})
+    # Scaling
+    num_workers: int = field(default=2, metadata={"help": "Ray Train workers"})
+    use_gpu: bool | None = field(default=None, metadata={"help": "one GPU per worker (default: when the cluster has)"})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per worker (leave some for data)"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (CPU runs stay fp32)"})
+    # Run and storage
+    run_name: str = field(default="pretrain", metadata={"help": "RunConfig name: the same name resumes"})
+    storage_path: str | None = field(
+        default=None, metadata={"help": "RunConfig storage (local dir or s3://; default ~/ray_results)"}
+    )
+    checkpoint_every: int = field(default=100, metadata={"help": "a checkpoint every K steps (and at the end)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept in storage"})
+    max_failures: int = field(default=3, metadata={"help": "worker-group restarts after failures (-1: unlimited)"})
+    output: str = field(default="out/pretrain", metadata={"help": "encoder.pt, encoder.json, metrics.csv, loss.png"})
+    log_every: int = field(default=1, metadata={"help": "a progress line every N steps"})
+    samples: str = field(default=DEFAULT_SAMPLES, metadata={"help": "sample catalog ingested when --data is empty"})
+    smoke_test: bool = field(default=False, metadata={"help": "2 CPU workers, *_test model, a few steps"})
+    # Fault injection (tests)
+    inject_kill_at_step: int | None = field(
+        default=None, metadata={"help": "SIGKILL one worker once when it starts this step (tests recovery)"}
+    )
+    inject_kill_rank: int = field(default=-1, metadata={"help": "rank killed by --inject-kill-at-step (-1: last)"})
+
+
+# ---------------------------------------------------------------------------------------------------- config helpers
+
+
+def parse_pairs(specs: Sequence[str], key: str) -> dict[str, Any]:
+    """``["drop_path_rate=0.2", "fuse=[1, 2]"]`` -> ``{"drop_path_rate": 0.2, "fuse": [1, 2]}`` (YAML values).
+
+    Raises:
+        ConfigError: an entry is not KEY=VALUE.
+    """
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"--{key.replace('_', '-')} {spec!r} is not KEY=VALUE; e.g. drop_path_rate=0.2.")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def resolve_smoke(cfg: PretrainConfig) -> PretrainConfig:
+    """``--smoke-test``: the same path, smaller: 2 CPU workers, the family's ``*_test`` model, a few small steps."""
+    if not cfg.smoke_test:
+        return cfg
+    import rsvheat
+
+    family = cfg.model if cfg.model.endswith("_test") else f"{cfg.model.split('_')[0]}_test"
+    model = family if rsvheat.is_model(family) else "rsvheat_test"
+    return replace(
+        cfg, model=model, num_workers=2, use_gpu=False, cpus_per_worker=min(cfg.cpus_per_worker, 0.5),
+        max_steps=min(cfg.max_steps, 8), batch_size=min(cfg.batch_size, 2), grad_accum=1,
+        checkpoint_every=min(cfg.checkpoint_every, 2), warmup_steps=min(cfg.warmup_steps, 2),
+        stream_sampling="uniform", shuffle_buffer=min(cfg.shuffle_buffer, 8), log_every=1,
+    )
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Reject impossible settings up front, naming the flag.
+
+    Raises:
+        ConfigError: the first bad setting.
+    """
+    import rsvheat
+
+    if not cfg.data and not Path(cfg.samples).exists():
+        raise ConfigError(
+            f"No --data given and no sample catalog at {cfg.samples}: pass --data DIR... (outputs of jobs/ingest.py, "
+            "local or s3://), or --samples /absolute/path/catalog.json (build it with `python -m pipeline.samples "
+            "--out .cache/samples`; under `ray job submit --working-dir .` the git-ignored .cache/ is not uploaded)."
+        )
+    if not rsvheat.is_model(cfg.model):
+        raise ConfigError(f"--model {cfg.model!r} is not registered; choose one of {rsvheat.list_models()}.")
+    for key in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "num_workers", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.lr <= 0 or cfg.warmup_steps < 0 or not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(
+            f"--lr must be > 0, --warmup-steps >= 0 and --min-lr-ratio in [0, 1]; got {cfg.lr}, "
+            f"{cfg.warmup_steps}, {cfg.min_lr_ratio}."
+        )
+    if cfg.cpus_per_worker <= 0:
+        raise ConfigError(f"--cpus-per-worker must be > 0, got {cfg.cpus_per_worker}.")
+    if not cfg.run_name or any(c in cfg.run_name for c in "/\\") or cfg.run_name in (".", ".."):
+        raise ConfigError(f"--run-name {cfg.run_name!r} must be a plain name (no slashes); the same name resumes.")
+    if not set(cfg.fuse_at) <= {1, 2, 3, 4} or not cfg.fuse_at:
+        raise ConfigError(f"--fuse-at {list(cfg.fuse_at)} must be stages among 1 2 3 4.")
+    parse_pairs(cfg.model_kwargs, "model_kwargs")
+    parse_pairs(cfg.masking, "masking")
+
+
+def public_config(cfg: PretrainConfig) -> dict[str, Any]:
+    """The resolved config as plain data, URLs without user info or query strings (no secrets in logs/files)."""
+    data = to_dict(cfg)
+    data["data"] = [redact_href(d) for d in cfg.data]
+    for key in ("storage_path", "s3_endpoint"):
+        if data.get(key):
+            data[key] = redact_href(data[key])
+    return data
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Dataset]]:
+    """The feed plan (stems, streams, pairs) and one Ray Dataset per stream (docs/pretrain-job.md "Data")."""
+    plan = plan_feed(
+        cfg.data, collections=cfg.collections, pairing=cfg.pairing,
+        pair_window=timedelta(hours=cfg.pair_window_hours), min_iou=cfg.pair_min_iou, s3_endpoint=cfg.s3_endpoint,
+    )
+    plan = drop_small_streams(plan, world_size=cfg.num_workers, batch_size=cfg.batch_size)
+    for name, why in plan.excluded.items():
+        log.warning("stream %s left out: %s", name, why)
+    for name, stream in plan.streams.items():
+        p = plan.weights[name] if cfg.stream_sampling == "proportional" else 1 / len(plan.streams)
+        log.info("stream %-32s %6d %s, p=%.3f", name, stream.rows, "pairs" if len(stream.stems) == 2 else "chips", p)
+    return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint)
+
+
+def to_inputs(batch: Mapping[str, torch.Tensor], stems: Sequence[str], device: torch.device
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """A stream batch as the pretrainer's ``(batch, valid)`` dicts keyed by stem (two stems for a pair stream)."""
+    import torch
+
+    images = {stems[0]: batch["image"].to(device, non_blocking=True)}
+    masks = {}
+    if "valid" in batch:
+        masks[stems[0]] = batch["valid"].to(device, non_blocking=True).bool()
+    if len(stems) == 2:
+        images[stems[1]] = batch["partner"].to(device, non_blocking=True)
+        masks[stems[1]] = batch["partner_valid"].to(device, non_blocking=True).bool()
+        if stems[0] not in masks:  # the anchor's feed has no mask column: nodata is already 0 after normalising
+            b, _, h, w = images[stems[0]].shape
+            masks[stems[0]] = torch.ones((b, h, w), dtype=torch.bool, device=device)
+    return images, (masks or None)
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+
+def build_pretrainer(cfg: PretrainConfig, plan: FeedPlan) -> nn.Module:
+    """The RS-vHeat pretraining wrapper over ``cfg.model`` with one stem per sensor of the plan."""
+    from rsvheat.ssl import build_pretrainer as build
+
+    kwargs = {"img_size": cfg.img_size or max(s.chip_shape[1] for s in plan.stems.values()),
+              **parse_pairs(cfg.model_kwargs, "model_kwargs")}
+    return build(
+        cfg.model, plan.in_chans, backbone_kwargs=kwargs, masking=parse_pairs(cfg.masking, "masking") or None,
+        fuse_at=tuple(cfg.fuse_at), loss_weights=None if cfg.loss_weights is None else {
+            "spa": cfg.loss_weights[0], "fre": cfg.loss_weights[1], "con": cfg.loss_weights[2]},
+        con_mode=cfg.con_mode, temperature=cfg.temperature,
+    )
+
+
+def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norm weights (1-D) and the FVE/SCE embeddings."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        (no_decay if param.ndim <= 1 or leaf in ("fve", "sce") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _core(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_state(directory: Path, *, model: nn.Module, optimizer: Any, scheduler: Any, step: int,
+               position: Mapping[str, Sequence[int]], config: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
+               ) -> None:
+    """Write a training checkpoint: ``state.pt`` (plain data + tensors), ``metrics.csv`` and the config."""
+    import torch
+
+    state = {
+        "format": STATE_FORMAT,
+        "format_version": 1,
+        "model": _core(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": int(step),
+        "data_position": {name: [int(v) for v in pos] for name, pos in position.items()},
+        "config": dict(config),
+    }
+    torch.save(state, directory / STATE_FILE)
+    (directory / METRICS_FILE).write_text(metrics_csv_text(history))
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def load_state(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read a checkpoint written by :func:`save_state` (``weights_only=True``) and its metric rows."""
+    import torch
+
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{directory} is not a jobs/pretrain.py checkpoint (no {STATE_FORMAT!r} {STATE_FILE}).")
+    history = read_metrics_csv(directory / METRICS_FILE) if (directory / METRICS_FILE).exists() else []
+    return state, [r for r in history if r["step"] <= state["step"]]
+
+
+def maybe_inject_kill(cfg: PretrainConfig, step: int, rank: int, world: int) -> None:
+    """Fault hook for tests: SIGKILL this worker process once when it starts ``--inject-kill-at-step``.
+
+    "Once" is a marker file in ``--output`` created atomically (``O_EXCL``) just before the kill, so the restarted
+    worker group passes the same step.
+    """
+    if cfg.inject_kill_at_step is None or step != cfg.inject_kill_at_step:
+        return
+    if rank != (cfg.inject_kill_rank % world):
+        return
+    marker = Path(cfg.output) / f".inject-kill-{cfg.run_name}-step{step}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    log.warning("fault injection: killing worker rank %d (pid %d) at step %d", rank, os.getpid(), step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+
+
+def _mean_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
+
+
+def _progress(row: Mapping[str, Any], cfg: PretrainConfig, started: float, first: int) -> str:
+    done = row["step"] - first
+    rate = (time.perf_counter() - started) / max(done, 1)
+    eta = timedelta(seconds=round(rate * (cfg.max_steps - row["step"])))
+    return (
+        f"step {row['step']}/{cfg.max_steps} loss {row['loss']:.4f} (spa {row['spa']:.4f} fre {row['fre']:.4f} "
+        f"con {row['con']:.4f}) lr {row['lr']:.2e} {row['chips_per_s']:.1f} chips/s data-wait "
+        f"{100 * row['data_wait']:.1f}% [{row['stream']}] eta {eta}"
+    )
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: build the pretrainer, resume, then step through the interleaved streams."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_dict(PretrainConfig, config["cfg"], source="train_loop_config")
+    plan = plan_from_dict(config["plan"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+
+    pretrainer = build_pretrainer(cfg, plan)
+    if cfg.grad_checkpointing:
+        encoder = pretrainer.encoder
+        if hasattr(encoder, "set_grad_checkpointing"):
+            encoder.set_grad_checkpointing(True)
+        elif rank == 0:
+            log.warning("--grad-checkpointing: %s has no set_grad_checkpointing; ignored", cfg.model)
+    # [1] DDP wrap + device placement; stems/decoders not in this step's stream get no gradient, hence unused params
+    model = ray.train.torch.prepare_model(pretrainer, parallel_strategy_kwargs={"find_unused_parameters": True})
+    optimizer = make_optimizer(_core(model), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+
+    start, position, history = 0, {}, []
+    checkpoint = ray.train.get_checkpoint()  # [2] the latest reported checkpoint: a restart or a resubmission
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state, history = load_state(Path(directory))
+        _core(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, position = int(state["step"]), state["data_position"]
+        for group in optimizer.param_groups:  # the schedule follows this run's --max-steps and --lr
+            group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.lr * lr_factor(start, cfg)
+        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        if rank == 0:
+            log.info("resuming from checkpoint at step %d (data position %s)", start, position)
+
+    names = list(plan.streams)
+    weights = [plan.weights[n] if cfg.stream_sampling == "proportional" else 1.0 for n in names]
+    shards = {name: ray.train.get_dataset_shard(name) for name in names}  # [3] this worker's slice of each stream
+    feed = StreamFeed(shards, batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                      prefetch_batches=cfg.prefetch_batches, position=position, device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
+                else contextlib.nullcontext())
+    public = config["public_cfg"]
+    started = time.perf_counter()
+    for step in range(start, cfg.max_steps):
+        step_no = step + 1
+        maybe_inject_kill(cfg, step_no, rank, world)
+        t_start = time.perf_counter()
+        wait = 0.0
+        sums = {"loss": 0.0, "spa": 0.0, "fre": 0.0, "con": 0.0}
+        chips = 0
+        used = []
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            name = pick_stream(names, weights, cfg.seed, step, micro)
+            used.append(name)
+            t0 = time.perf_counter()
+            batch = feed.next(name)
+            wait += time.perf_counter() - t0
+            inputs, valid = to_inputs(batch, plan.streams[name].stems, device)
+            generator = torch.Generator(device=device)
+            generator.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096 + rank)
+            last = micro == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else (
+                model.no_sync())
+            with sync:
+                with autocast:
+                    out = model(inputs, valid, generator=generator)
+                (out["loss"] / cfg.grad_accum).backward()
+            for key in sums:
+                sums[key] += float(torch.as_tensor(out[key]).detach().float()) / cfg.grad_accum
+            chips += next(iter(inputs.values())).shape[0]
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_s = time.perf_counter() - t_start
+        loss, spa, fre, con, wait_mean, step_mean = _mean_across_ranks(
+            [sums["loss"], sums["spa"], sums["fre"], sums["con"], wait, step_s], device)
+        row = {
+            "step": step_no, "loss": loss, "spa": spa, "fre": fre, "con": con, "lr": lr,
+            "chips_per_s": chips * world / step_mean, "data_wait": wait_mean / step_mean, "stream": ",".join(used),
+            "step_s": step_mean,
+        }
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step_no} (stream {row['stream']}); lower --lr.")
+        history.append(row)
+        metrics = {k: v for k, v in row.items()}
+        due = step_no % cfg.checkpoint_every == 0 or step_no == cfg.max_steps
+        if not due:
+            ray.train.report(metrics)  # [4] metrics every step (a barrier across workers)
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                if rank == 0:  # only world rank 0 writes the checkpoint directory
+                    save_state(Path(directory), model=model, optimizer=optimizer, scheduler=scheduler,
+                               step=step_no, position=feed.position, config=public, history=history)
+                ray.train.report(  # [4] ... plus a checkpoint every K steps and at the end
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None,
+                    checkpoint_dir_name=f"checkpoint_{step_no:08d}",
+                )
+        if rank == 0 and (step_no % cfg.log_every == 0 or step_no == cfg.max_steps or step_no == start + 1):
+            log.info("%s", _progress(row, cfg, started, start))
+    feed.close()
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+
+
+def _storage(cfg: PretrainConfig) -> tuple[str, pyarrow.fs.FileSystem | None, str]:
+    """``(storage_path for RunConfig, storage_filesystem or None, run directory path on that filesystem)``."""
+    import pyarrow.fs as pafs
+
+    if cfg.storage_path is None:
+        from ray.train.constants import DEFAULT_STORAGE_PATH
+
+        root = os.path.expanduser(DEFAULT_STORAGE_PATH)
+    else:
+        root = cfg.storage_path
+    if root.startswith("s3://") and cfg.s3_endpoint:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(cfg.s3_endpoint)
+        fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
+        path = root[len("s3://"):].rstrip("/")
+        return path, fs, f"{path}/{cfg.run_name}"
+    if "://" not in root:
+        root = os.path.abspath(os.path.expanduser(root))
+        return root, None, f"{root}/{cfg.run_name}"
+    fs, path = pafs.FileSystem.from_uri(root)
+    return root, None, f"{path.rstrip('/')}/{cfg.run_name}"
+
+
+def _run_files(cfg: PretrainConfig) -> tuple[pyarrow.fs.FileSystem, str]:
+    import pyarrow.fs as pafs
+
+    storage, fs, run_dir = _storage(cfg)
+    if fs is None:
+        fs = pafs.LocalFileSystem() if "://" not in storage else pafs.FileSystem.from_uri(storage)[0]
+    return fs, run_dir
+
+
+def check_resume(cfg: PretrainConfig, public: Mapping[str, Any], plan: FeedPlan) -> int:
+    """Compare with the config saved beside the checkpoints of the same run; save this one there.
+
+    Returns:
+        How many checkpoints of the run exist already (0 for a new run).
+
+    Raises:
+        ConfigError: a key that defines the model or the data (``RESUME_LOCKED``) changed.
+    """
+    import pyarrow.fs as pafs
+
+    fs, run_dir = _run_files(cfg)
+    info = fs.get_file_info(f"{run_dir}/{CONFIG_FILE}")
+    record = {"config": dict(public), "in_chans": plan.in_chans, "stems": {
+        n: {"bands": list(s.bands), "stats_hash": s.stats_hash} for n, s in plan.stems.items()}}
+    if info.type == pafs.FileType.File:
+        with fs.open_input_stream(f"{run_dir}/{CONFIG_FILE}") as handle:
+            old = json.loads(handle.read())
+        changed = [k for k in RESUME_LOCKED if old["config"].get(k) != public.get(k)]
+        if old.get("stems") != record["stems"]:
+            changed.append("stems (bands or normalisation stats of the data)")
+        if changed:
+            raise ConfigError(
+                f"Run {cfg.run_name!r} in {redact_href(str(_storage(cfg)[0]))} was started with other {changed}; "
+                "a resumed run keeps the model and the data. Use a new --run-name for a new run, or restore "
+                f"those settings (the first run's config is {run_dir}/{CONFIG_FILE})."
+            )
+    fs.create_dir(run_dir, recursive=True)
+    with fs.open_output_stream(f"{run_dir}/{CONFIG_FILE}") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=True).encode())
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    except OSError:
+        return 0
+    return sum(1 for e in entries if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_"))
+
+
+def _use_gpu(cfg: PretrainConfig) -> bool:
+    import ray
+
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def train_driver_fn(cfg: PretrainConfig, public: Mapping[str, Any]) -> tuple[Any, FeedPlan]:
+    """Plan the data, build the ``TorchTrainer`` and fit it; returns the Ray Train ``Result`` and the plan."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    plan, datasets = get_datasets(cfg)
+    existing = check_resume(cfg, public, plan)
+    if existing:
+        log.info("run %r has %d checkpoint(s) in storage: resuming from the latest", cfg.run_name, existing)
+    use_gpu = _use_gpu(cfg)
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    scaling = ray.train.ScalingConfig(  # [5] workers, devices and what each reserves
+        num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+    )
+    storage_path, storage_fs, _ = _storage(cfg)
+    run_config = ray.train.RunConfig(  # [6] the same (name, storage_path) resumes the run
+        name=cfg.run_name,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+    )
+    trainer = TorchTrainer(  # [7] one train_fn_per_worker per worker, gloo on CPU, nccl on GPU
+        train_fn_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "public_cfg": dict(public), "plan": plan_to_dict(plan)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets=datasets,
+    )
+    log.info("training %s on %d %s worker(s), %d stems %s, storage %s/%s", cfg.model, cfg.num_workers,
+             "GPU" if use_gpu else "CPU", len(plan.stems), plan.in_chans, redact_href(storage_path), cfg.run_name)
+    return trainer.fit(), plan  # [8] blocks until max_steps, restarting workers up to max_failures times
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Path]:
+    """Write ``encoder.pt``, ``encoder.json``, ``metrics.csv`` and ``loss.png`` to ``--output`` from a checkpoint."""
+    import torch
+
+    from rsvheat.ssl import export_encoder
+
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as directory:
+        state, history = load_state(Path(directory))
+    (output / METRICS_FILE).write_text(metrics_csv_text(history))
+    pretrainer = build_pretrainer(cfg, plan)
+    pretrainer.load_state_dict(state["model"])
+    per_stem_hash = {n: s.stats_hash for n, s in plan.stems.items()}
+    stats = {"stats_hash": combined_stats_hash(per_stem_hash),
+             **{n: {"mean": list(s.mean), "std": list(s.std)} for n, s in plan.stems.items()}}
+    lineage = {**plan.lineage, "stats_hash_per_stem": per_stem_hash, "run_name": cfg.run_name,
+               "steps": int(state["step"]), "config": state["config"]}
+    bands = {n: list(s.bands) for n, s in plan.stems.items()}
+    encoder_path = output / "encoder.pt"
+    versions = sorted({str(d.get("dataset_version")) for d in plan.lineage.get("datasets", [])})
+    export_encoder(pretrainer, encoder_path, bands=bands, stats=stats, lineage=lineage, step=int(state["step"]),
+                   dataset_version="+".join(versions) or None,
+                   metrics={k: float(history[-1][k]) for k in ("loss", "spa", "fre", "con")} if history else None)
+    encoder = pretrainer.encoder
+    img_size = cfg.img_size or max(s.chip_shape[1] for s in plan.stems.values())
+    item = mlm_item(
+        encoder_path, run_name=cfg.run_name, model=cfg.model, model_kwargs=getattr(encoder, "model_kwargs", {}),
+        stems={n: {"bands": s.bands, "mean": s.mean, "std": s.std, "stats_hash": s.stats_hash,
+                   "modality": s.modality} for n, s in plan.stems.items()},
+        img_size=img_size, num_features=int(encoder.feature_info[-1]["num_chs"]),
+        total_parameters=sum(p.numel() for p in encoder.parameters()), lineage=lineage, steps=int(state["step"]),
+        framework_version=str(torch.__version__),
+        hyperparameters={k: state["config"].get(k) for k in (
+            "lr", "weight_decay", "warmup_steps", "batch_size", "grad_accum", "num_workers", "max_steps",
+            "fuse_at", "con_mode", "temperature", "masking", "loss_weights")},
+    )
+    (output / "encoder.json").write_text(json.dumps(item, indent=2))
+    plot_loss_png(history, output / "loss.png", title=f"{cfg.model} run {cfg.run_name}")
+    return {name: output / name for name in ("encoder.pt", "encoder.json", METRICS_FILE, "loss.png")}
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def _sample_data(cfg: PretrainConfig) -> PretrainConfig:
+    """No ``--data``: ingest the sample catalog ``--samples`` into ``OUTPUT/sample-data`` first (idempotent)."""
+    if cfg.data:
+        return cfg
+    from jobs.ingest import IngestConfig, run_ingest
+
+    samples = Path(cfg.samples)
+    target = str(Path(cfg.output).resolve() / "sample-data")
+    summary = run_ingest(IngestConfig(catalog=str(samples.resolve()), output=target, chip_size=120, workers=2,
+                                      progress=False))
+    log.info("sample data: %d chips in %s (exit %d)", summary.chips_written, target, summary.exit_code)
+    return replace(cfg, data=(target,))
+
+
+def _init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # join the cluster (RAY_ADDRESS is set by `ray job submit`)
+    else:
+        ray.init(include_dashboard=False, configure_logging=False)  # or start a local one
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = resolve_smoke(parse_config(PretrainConfig, argv, description=__doc__.split("\n\n")[0]))
+        cfg = replace(cfg, output=str(Path(cfg.output).resolve()),
+                      data=tuple(d if "://" in d else str(Path(d).resolve()) for d in cfg.data))
+        validate(cfg)
+        _init_ray()
+        cfg = _sample_data(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    public = public_config(cfg)
+    log.info("config: %s", json.dumps(public, sort_keys=True))  # the resolved config, logged once
+    try:
+        result, plan = train_driver_fn(cfg, public)
+    except (ConfigError, ValueError, FileNotFoundError, LookupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as err:  # ray.train.TrainingFailedError: max_failures exhausted
+        log.error("training failed: %s: %s", type(err).__name__, err)
+        return EXIT_FAILED
+    if result.error is not None or result.checkpoint is None:
+        log.error("training failed: %s", result.error or "no checkpoint was reported")
+        return EXIT_FAILED
+    files = export(cfg, plan, result.checkpoint)
+    log.info("checkpoint %s", redact_href(result.checkpoint.path))
+    for path in files.values():
+        log.info("wrote %s", path)
+    print(f"pretraining done: {result.metrics.get('step')} steps, loss {result.metrics.get('loss', float('nan')):.4f};"
+          f" encoder {files['encoder.pt']}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    # NOTE: run through the importable module, so Ray pickles `jobs.pretrain.train_fn_per_worker` by reference and the
+    # workers resolve PretrainConfig's type hints there, not in their own `__main__`.
+    from jobs.pretrain import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,144 @@
+"""jobs/_pretrain_data.py: optical-SAR pairing, stems and streams of real ingest outputs, the stream pick."""
+
+from __future__ import annotations
+
+import collections
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs._pretrain_data import (
+    PairJoiner,
+    drop_small_streams,
+    pair_chips,
+    pick_stream,
+    plan_feed,
+    plan_from_dict,
+    plan_to_dict,
+    stem_name,
+)
+
+
+def _rows(*chips: tuple[str, str, datetime, tuple[float, float, float, float], int]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {"chip_id": cid, "grid_cell": cell, "datetime": t,
+             "bbox": {"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]}, "window": [0, 0, size, size]}
+            for cid, cell, t, b, size in chips
+        ]
+    )
+
+
+T0 = datetime(2017, 6, 13, 10, tzinfo=UTC)
+BOX = (10.0, 50.0, 10.01, 50.01)
+
+
+def test_pairs_by_grid_cell_within_the_window() -> None:
+    optical = _rows(("o1", "c1", T0, BOX, 120), ("o2", "c2", T0, (11, 50, 11.01, 50.01), 120))
+    sar = _rows(("s1", "c1", T0 + timedelta(hours=7), BOX, 120),
+                ("s2", "c2", T0 + timedelta(days=5), (11, 50, 11.01, 50.01), 120))
+    assert pair_chips(optical, sar, window=timedelta(days=3)) == [("o1", "s1")]
+    assert pair_chips(optical, sar, window=timedelta(days=6)) == [("o1", "s1"), ("o2", "s2")]
+
+
+def test_pairs_by_footprint_on_other_grids_and_one_to_one_closest_in_time() -> None:
+    shifted = (10.0001, 50.0001, 10.0101, 50.0101)  # IoU about 0.98, another grid origin
+    optical = _rows(("o1", "gridA", T0, BOX, 120))
+    sar = _rows(("far", "gridB", T0 + timedelta(hours=30), shifted, 120),
+                ("near", "gridB2", T0 + timedelta(hours=2), shifted, 120),
+                ("small", "gridC", T0, shifted, 60),  # another chip size: never a pair
+                ("away", "gridD", T0, (12, 50, 12.01, 50.01), 120))
+    assert pair_chips(optical, sar, window=timedelta(days=3)) == [("o1", "near")]
+    assert pair_chips(optical, sar, window=timedelta(days=3), min_iou=0.99) == []
+
+
+def test_stem_names_are_identifiers() -> None:
+    assert stem_name("bigearthnet-s2") == "bigearthnet_s2"
+    assert stem_name("Sentinel-2 L1C") == "sentinel_2_l1c"
+
+
+def test_stream_pick_is_deterministic_and_follows_the_weights() -> None:
+    names, weights = ["a", "b"], [0.8, 0.2]
+    picks = [pick_stream(names, weights, 0, step, 0) for step in range(2000)]
+    assert picks == [pick_stream(names, weights, 0, step, 0) for step in range(2000)]
+    share = collections.Counter(picks)["a"] / len(picks)
+    assert 0.76 < share < 0.84
+    assert picks != [pick_stream(names, weights, 1, step, 0) for step in range(2000)]
+
+
+# ------------------------------------------------------------------------------------------- on the real samples
+
+
+@pytest.fixture(scope="module")
+def sample_ingest(ray_local: Any, sample_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from jobs.ingest import EXIT_OK, main
+
+    out = tmp_path_factory.mktemp("pretrain-data") / "samples"
+    args = ["--catalog", str(sample_catalog), "--output", str(out), "--chip-size", "120", "--no-progress"]
+    assert main(args) == EXIT_OK
+    return out
+
+
+@pytest.mark.realdata
+def test_plan_of_the_sample_data(sample_ingest: Path) -> None:
+    plan = plan_feed([str(sample_ingest)])
+    assert plan.in_chans == {"bigearthnet_s1": 2, "bigearthnet_s2": 12, "sentinel_2_l1c": 13}
+    pairs = plan.streams["bigearthnet_s2+bigearthnet_s1"]
+    assert pairs.rows == 6 and len(pairs.pairs) == 6  # every BigEarthNet S2 patch has its S1 partner
+    # The partners share the grid cell: the chip ids end in the same cell key.
+    assert all(a.rsplit(":", 1)[1] == b.rsplit(":", 1)[1] for a, b in pairs.pairs)
+    assert set(plan.streams) == {"bigearthnet_s2+bigearthnet_s1", "sentinel_2_l1c"}  # no unpaired BigEarthNet chip
+    assert sum(plan.weights.values()) == pytest.approx(1.0)
+    assert plan_from_dict(plan_to_dict(plan, with_pairs=True)) == plan
+    unpaired = plan_feed([str(sample_ingest)], pairing=False)
+    assert {n: s.rows for n, s in unpaired.streams.items()} == {"bigearthnet_s1": 6, "bigearthnet_s2": 6,
+                                                                  "sentinel_2_l1c": 256}
+    small = drop_small_streams(plan, world_size=2, batch_size=4)
+    assert set(small.streams) == {"sentinel_2_l1c"} and "bigearthnet_s2+bigearthnet_s1" in small.excluded
+    with pytest.raises(ValueError, match="--collections"):
+        plan_feed([str(sample_ingest)], collections=["nope"])
+
+
+@pytest.mark.realdata
+def test_pair_joiner_adds_the_normalised_partner(sample_ingest: Path) -> None:
+    from pipeline.dataset import load_chips, read_dataset_json
+    from pipeline.manifest import chip_key
+
+    plan = plan_feed([str(sample_ingest)])
+    stream = plan.streams["bigearthnet_s2+bigearthnet_s1"]
+    sar = plan.stems["bigearthnet_s1"]
+    joiner = PairJoiner(stream.pairs, str(sample_ingest), "bigearthnet-s1", sar.mean, sar.std)
+    keys = np.asarray([chip_key(a) for a, _ in stream.pairs] + [123], dtype=np.int64)  # 123: no partner, dropped
+    batch = {"chip_key": keys, "image": np.zeros((len(keys), 12, 120, 120), np.float32)}
+    out = joiner(batch)
+    assert out["partner"].shape == (6, 2, 120, 120) and out["partner_valid"].shape == (6, 120, 120)
+    stats = read_dataset_json(str(sample_ingest))["collections"]["bigearthnet-s1"]["stats"]
+    first = next(load_chips(str(sample_ingest), [stream.pairs[0][1]]))
+    expected = (first["image"] - np.asarray(stats["mean"])[:, None, None]) / np.asarray(stats["std"])[:, None, None]
+    np.testing.assert_allclose(out["partner"][0], expected * first["valid"], rtol=1e-5, atol=1e-5)
+
+
+def test_stream_feed_counts_epochs_and_resumes_its_position(ray_local: Any) -> None:
+    import ray.data
+
+    from jobs._pretrain_data import StreamFeed
+
+    ds = ray.data.from_items([{"x": np.float32(i)} for i in range(10)], override_num_blocks=2)
+    feed = StreamFeed({"a": ds.iterator()}, batch_size=4, seed=0, shuffle_buffer=0, prefetch_batches=2)
+    seen = [feed.next("a")["x"].tolist() for _ in range(3)]  # two full batches per epoch (drop_last), then epoch 1
+    assert feed.position["a"] == [1, 1]
+    assert sorted(v for b in seen[:2] for v in b) == [0, 1, 2, 3, 4, 5, 6, 7]
+    feed.close()
+    resumed = StreamFeed({"a": ds.iterator()}, batch_size=4, seed=0, shuffle_buffer=0, prefetch_batches=2,
+                         position={"a": [1, 1]})
+    assert resumed.next("a")["x"].tolist() == [4.0, 5.0, 6.0, 7.0]  # epoch 1, batch 2 (unshuffled order)
+    assert resumed.position["a"] == [1, 2]
+    assert resumed.next("a") is not None and resumed.position["a"] == [2, 1]
+    resumed.close()
+    empty = StreamFeed({"a": ds.iterator()}, batch_size=64, seed=0, shuffle_buffer=0, prefetch_batches=1)
+    with pytest.raises(RuntimeError, match="lower --batch-size"):
+        empty.next("a")
