@@ -7,7 +7,7 @@ Run locally or on a cluster::
     ray job submit --working-dir . -- python jobs/ingest.py --stac-api https://... --collections sentinel-2-l2a \
         --bbox 11.0 46.0 11.5 46.5 --datetime 2024-04-01/2024-04-30 --output s3://bucket/datasets/s2
 
-Steps (data-pipeline.md §7):
+Steps (docs/ingest.md §Steps):
 
 0. **Validate and lease**: every flag is checked before any work (bad ``--since``/``--datetime``/``--bbox``, a missing
    ``--config``, an unknown ``--nodata-override`` band, an ``--output`` that is a file or not writable: exit 2). The

@@ -21,7 +21,7 @@ __all__ = ["conductivity_core", "multiplier_core"]
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp64 stays fp64 (gradient checks); everything else runs the core in fp32 (hco.md §11)."""
+    """fp64 stays fp64 (gradient checks); everything else runs the core in fp32 (docs/hco.md §Mixed precision)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 

@@ -5,7 +5,7 @@
 flags and ``weights_only=True``. :func:`load_encoder_weights` transfers those weights into a backbone built
 differently: stems it shares with the checkpoint are copied, new stems keep their fresh initialisation, and
 size-bound parameters (vHeat FVE/SCE, Heracles spectral weights) are resized to the new nominal size as
-``docs/hco.md`` §9 prescribes (interpolated over normalised frequency, never zero-padded).
+``docs/hco.md`` §Resolution changes prescribes (interpolated over normalised frequency, never zero-padded).
 """
 
 from __future__ import annotations

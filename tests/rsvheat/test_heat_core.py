@@ -105,7 +105,7 @@ def test_core_keeps_one_map_and_the_pre_conductivity_for_backward() -> None:
 
 
 def _plain_hco(hco: HeatConduction2d, x: torch.Tensor, fve: torch.Tensor) -> torch.Tensor:
-    """The HCO forward of docs/hco.md §4 written with plain autograd ops."""
+    """The HCO forward of docs/hco.md §HCO layer written with plain autograd ops."""
     h = hco.dwconv(x).permute(0, 2, 3, 1)
     u, z = hco.linear(h).chunk(2, dim=-1)
     u = _reference_core(u, hco.to_k(fve))
