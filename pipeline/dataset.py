@@ -233,10 +233,10 @@ def read_dataset(
 
     plan = open_feed(dataset_dir, collection=collection, s3_endpoint=s3_endpoint)
     source = ChipDatasource(plan, normalize=normalize, shuffle=shuffle, seed=seed, rows_per_block=rows_per_block)
-    remote_args: dict[str, Any] = {}
+    runtime_env = None
     if dataset_dir.startswith("s3://"):
         from pipeline.ray_ingest import forwarded_env
 
         # Read tasks run in worker processes that did not inherit this driver's S3 endpoint and credentials.
-        remote_args["runtime_env"] = {"env_vars": forwarded_env()}
-    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, ray_remote_args=remote_args)
+        runtime_env = {"env_vars": forwarded_env()}
+    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, runtime_env=runtime_env)
