@@ -55,6 +55,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs._config import ConfigError, parse_config, to_dict
+from jobs._ray import init_ray
 from jobs._ray_noise import quiet_ray_noise
 from pipeline.cog import redact_href
 from pipeline.errors import LeaseHeldError, LeaseLostError, PipelineError, ProcessingVersionError, SensorConfigError
@@ -474,17 +475,6 @@ def _source(cfg: IngestConfig, result: Any) -> dict[str, Any]:
     }
 
 
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # [1] join the cluster (RAY_ADDRESS is set by `ray job submit`)
-    else:
-        ray.init(include_dashboard=False, configure_logging=False)  # [1] or start a local one
-
-
 def _chip(settings: Any, todo: list[tuple[str, int]], workers: int, progress: bool) -> Iterator[dict[str, Any]]:
     """Run the ItemChipper actors over ``todo`` and stream their small rows back (with a progress bar).
 
@@ -674,7 +664,7 @@ def _run_leased(cfg: IngestConfig, store: OutputStore, sensors: Any, pv: str, ov
             lease_owner=lease.owner,
             lease_generation=lease.generation,
         )
-        _init_ray()
+        init_ray()  # [1] join the cluster (RAY_ADDRESS under `ray job submit`) or start a local one
         chip_start = time.perf_counter()
         noted: set[str] = set()
         for row in _chip(settings, todo, cfg.workers, cfg.progress):

@@ -67,6 +67,7 @@ from jobs._pretrain_outputs import (
     plot_loss_png,
     read_metrics_csv,
 )
+from jobs._ray import init_ray
 from pipeline.cog import redact_href
 
 if TYPE_CHECKING:
@@ -693,17 +694,6 @@ def _sample_data(cfg: PretrainConfig) -> PretrainConfig:
     return replace(cfg, data=(target,))
 
 
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # join the cluster (RAY_ADDRESS is set by `ray job submit`)
-    else:
-        ray.init(include_dashboard=False, configure_logging=False)  # or start a local one
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -712,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(cfg, output=str(Path(cfg.output).resolve()),
                       data=tuple(d if "://" in d else str(Path(d).resolve()) for d in cfg.data))
         validate(cfg)
-        _init_ray()
+        init_ray()  # join the cluster (RAY_ADDRESS under `ray job submit`) or start a local one
         cfg = _sample_data(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
