@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -92,16 +91,13 @@ def _check_name(name: str) -> None:
 
 
 def _written_index(store: OutputStore, collection: str | None) -> pa.Table:
-    with store.filesystem.open_input_file(store.path("index.parquet")) as handle:
-        index = pq.read_table(handle)
-    index = index.filter(pc.equal(index["status"], "written"))
-    if collection is not None:
-        if collection not in set(index["collection"].to_pylist()):
-            raise LabelError(
-                f"{store.uri} has no written chip of collection {collection!r}; it holds "
-                f"{sorted(set(index['collection'].to_pylist()))}."
-            )
-        index = index.filter(pc.equal(index["collection"], collection))
+    """The written chips (of ``collection``), or a :class:`LabelError` naming the collections there are."""
+    from pipeline.dataset import read_index
+
+    index = read_index(store, collection)
+    if collection is not None and index.num_rows == 0:
+        held = sorted(set(read_index(store, None)["collection"].to_pylist()))
+        raise LabelError(f"{store.uri} has no written chip of collection {collection!r}; it holds {held}.")
     return index
 
 
@@ -425,7 +421,8 @@ def write_change_pairs(
     """
     _check_name(name)
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    index = _written_index(store, collection).select(["chip_id", "grid_cell", "datetime", "shard_path"])
+    written = _written_index(store, collection)
+    index = written.select(["chip_id", "grid_cell", "datetime", "shard_path"])
     rows = sorted(index.to_pylist(), key=lambda r: (r["grid_cell"], r["datetime"], r["chip_id"]))
     after_ids: list[str] = []
     before_ids: list[str] = []
@@ -446,7 +443,8 @@ def write_change_pairs(
     provenance: dict[str, Any] = {"source": "chip index (same grid_cell, earlier date)", "derived": True,
                                   "noisy": False, "max_days": max_days}
     if change_raster is not None:
-        grids = [g for g in _chip_grids(store, _written_index(store, collection)) if g.chip_id in set(after_ids)]
+        after = set(after_ids)
+        grids = [g for g in _chip_grids(store, written) if g.chip_id in after]
         ids, masks, unknown = _read_on_chips(change_raster, grids, None, 2, IGNORE_INDEX)
         if unknown:
             raise LabelError(
