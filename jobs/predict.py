@@ -48,7 +48,7 @@ from jobs._config import ConfigError, parse_config, to_dict
 from jobs._model_io import CheckpointBlob, load_model, read_checkpoint, stem_stats
 from jobs._ray import init_ray
 from pipeline.blend import OverlapBlender
-from pipeline.cog import gdal_env, redact_href, redact_text
+from pipeline.cog import failure_message, gdal_env, redact_href
 from pipeline.grid import PixelGrid
 from pipeline.manifest import FAILURE_SCHEMA, OutputStore
 from pipeline.records import Chip, ResolvedItem
@@ -191,7 +191,7 @@ class ScenePredictor:
             row = {"item_id": item_id, "collection": item.collection, "status": "predicted", "cog": cog_rel,
                    "stac_item": item_rel, "pixels": pixels, "stage": "", "error_class": "", "message": ""}
         except Exception as err:  # one bad scene never sinks the job: it becomes a failure row
-            message = " ".join(redact_text(str(err) or repr(err)).split())[:2000]
+            message = failure_message(err)
             row = {"item_id": item_id, "collection": str(raw.get("collection") or ""), "status": "failed", "cog": "",
                    "stac_item": "", "pixels": 0, "stage": stage, "error_class": type(err).__name__,
                    "message": message}

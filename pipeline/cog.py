@@ -40,8 +40,8 @@ from rasterio.windows import Window
 from pipeline.errors import CRSNotFoundError, RasterReadError
 from pipeline.grid import PixelGrid
 
-__all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "RasterHeader", "gdal_env", "gdal_path", "read_header",
-           "redact_href", "redact_text", "resampling_method"]
+__all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "RasterHeader", "failure_message", "gdal_env", "gdal_path",
+           "read_header", "redact_href", "redact_text", "resampling_method"]
 
 ResamplingName = Literal["nearest", "bilinear", "cubic", "average"]
 
@@ -118,6 +118,12 @@ def redact_href(href: str) -> str:
 def redact_text(text: str) -> str:
     """``text`` (an error message) without URL query strings (signed tokens) or URL user info (credentials)."""
     return _USERINFO_IN_TEXT.sub("", _QUERY_IN_TEXT.sub("", text))
+
+
+def failure_message(err: BaseException) -> str:
+    """A one-line message for a failures table and logs: redacted (:func:`redact_text`), whitespace folded, bounded."""
+    text = redact_text(str(err) or repr(err))
+    return " ".join(text.split())[:2000]
 
 
 def resampling_method(name: str) -> RioResampling:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cog import gdal_env, redact_href, redact_text
+from pipeline.cog import failure_message, gdal_env, redact_href
 from pipeline.errors import InvalidItemError, LeaseLostError, ProcessingVersionError
 from pipeline.items import BandOverride, resolve_item
 from pipeline.ids import safe_id
@@ -427,7 +427,7 @@ def ingest_item(
             asset=_failed_asset(err, resolved),
             stage=state["stage"],
             error_class=type(err).__name__,
-            message=_message(err),
+            message=failure_message(err),
         )
         manifest = ItemManifest(
             item_id=item_id,
@@ -639,13 +639,6 @@ def _failed_asset(err: BaseException, item: ResolvedItem | None) -> str:
                 return key
     named = re.search(r"no asset for band `([^`]+)`", text)
     return named.group(1) if named else ""
-
-
-def _message(err: BaseException) -> str:
-    """A one-line failure message without URL query strings or credentials (it lands in failures.parquet and logs)."""
-    text = redact_text(str(err) or repr(err))
-    text = " ".join(text.split())
-    return text[:2000]
 
 
 def _lineage(raw: Mapping[str, Any], item: ResolvedItem) -> dict[str, Any]:

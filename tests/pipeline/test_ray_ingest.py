@@ -114,10 +114,10 @@ def test_overrides_reach_resolve_item_and_invalid_pixels_hold_nodata(tmp_path: P
 
 
 def test_failure_messages_are_redacted(tmp_path: Path, s1_item: dict[str, Any]) -> None:
-    from pipeline.ray_ingest import _message
+    from pipeline.cog import failure_message
 
     raw = OSError("GET https://user:hunter2@host/a.tif?sig=SECRET&se=2030 failed:\n 403")
-    assert _message(raw) == "GET https://host/a.tif failed: 403"
+    assert failure_message(raw) == "GET https://host/a.tif failed: 403"
     item = json.loads(json.dumps(s1_item))
     for asset in item["assets"].values():  # unreachable signed hrefs with credentials in the user info
         asset["href"] = "http://user:hunter2@127.0.0.1:9/vv.tif?sig=SECRET&se=2030"
