@@ -89,9 +89,9 @@ def _child_ray_parquet_udf(data: str, chips: int, batch: int, workers: int, cloc
              object_store_memory=2 * 2**30)
     init_s = time.time() - started
     opened = time.time()
-    stats = read_dataset_json(data)["collections"][COLLECTION]["stats"]
-    store = OutputStore.open(data)
     entry = read_dataset_json(data)["collections"][COLLECTION]
+    stats = entry["stats"]
+    store = OutputStore.open(data)
     ds = ray.data.read_parquet([store.path(p) for p in entry["shards"]], filesystem=store.filesystem)
     ds = ds.select_columns(["chip_id", "image", "dtype", "shape", "valid"])
     ds = ds.map_batches(Normalizer(stats["mean"], stats["std"]), batch_format="pyarrow")
