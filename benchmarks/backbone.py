@@ -127,14 +127,15 @@ def build_model(spec: str, img_size: int, *, fused: bool = True) -> tuple[Any, l
 
         model = rsvheat.create_model(name, in_chans=3, num_classes=0, img_size=img_size, **overrides).eval()
         if fused and hasattr(model, "fuse_decay"):
-            # Upstream's inference network: decay precomputed for this size, to_k and FVE deleted (hco.md §8).
+            # Upstream's inference network: decay precomputed for this size, to_k and FVE deleted
+            # (docs/hco.md §Inference mode).
             model.fuse_decay(drop_fve=True)
             defaults = {"dct_impl": "matmul", "hco_core_dtype": "fp32"} | overrides
             notes.append(f"vHeat family: fuse_decay(drop_fve=True), {defaults}")
         return model, notes
     import timm
 
-    # Random init only: nothing may be fetched at run time (environment.md §1).
+    # Random init only: nothing may be fetched at run time (docs/environment.md §Network rules).
     model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **overrides).eval()
     if name.startswith("swin") and (img_size // 4) % 7:
         notes.append("Swin: timm pads each stage's map to a multiple of window 7 (no resize of the input)")

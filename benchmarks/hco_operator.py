@@ -38,7 +38,7 @@ SECTION = "backbone-operator"
 
 
 def _decay(height: int, width: int, channels: int, generator: torch.Generator) -> torch.Tensor:
-    """A realistic decay field ``exp(−k ⊙ Λ)`` of shape (H, W, C), k ≥ 0 (hco.md §3)."""
+    """A realistic decay field ``exp(−k ⊙ Λ)`` of shape (H, W, C), k ≥ 0 (docs/hco.md §Decay and conductivity)."""
     k = torch.rand(height, width, channels, generator=generator) * 0.5
     return decay_from_conductivity(k, height, width)
 

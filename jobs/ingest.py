@@ -7,7 +7,7 @@ Run locally or on a cluster::
     ray job submit --working-dir . -- python jobs/ingest.py --stac-api https://... --collections sentinel-2-l2a \
         --bbox 11.0 46.0 11.5 46.5 --datetime 2024-04-01/2024-04-30 --output s3://bucket/datasets/s2
 
-Steps (data-pipeline.md §7):
+Steps (docs/ingest.md §Steps):
 
 1. **Search** on the driver: a STAC API through pystac-client (``--stac-api``) or a static catalog / ItemCollection /
    JSON array (``--catalog``), with the same filters applied client-side. The results are snapshotted to

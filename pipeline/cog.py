@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "gdal_env", "gdal_path", "reda
 
 ResamplingName = Literal["nearest", "bilinear", "cubic", "average"]
 
-# GDAL settings for many small ranged reads of remote COGs (data-pipeline.md section 7): never list sibling files,
+# GDAL settings for many small ranged reads of remote COGs (docs/ingest.md §GDAL settings): never list sibling files,
 # only touch TIFFs over curl, retry transient HTTP errors, and bound the block cache per process (MB).
 DEFAULT_GDAL_OPTIONS: dict[str, str | int] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",

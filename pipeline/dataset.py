@@ -5,7 +5,8 @@ and orphans from crashed runs are never read. The dataset root may be a local di
 
 ``read_dataset`` returns one collection (one sensor, one band count) per dataset: a batch never mixes sensors with
 different band counts. When the dataset holds several collections, ``collection=`` is required and the error lists
-them; build one dataset per collection and interleave them in the training loop (data-pipeline.md §10).
+them; build one dataset per collection and interleave them in the training loop
+(docs/architecture.md §Reading for training).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Resolve a raw STAC item into a :class:`~pipeline.records.ResolvedItem`: bands, CRS, radiometry, lineage.
 
-Providers disagree on almost everything (data-pipeline.md §5): asset keys (``B04`` vs ``red``), where ``proj:*`` lives
-(asset or item), ``proj:code`` vs ``proj:epsg``, 6- vs 9-element transforms, and where band metadata sits
-(``eo:bands``, ``raster:bands``, STAC 1.1 ``bands``). :func:`resolve_item` hides all of it behind the alias table in
-``sensors.yaml``, so every later stage sees one shape.
+Providers disagree on almost everything (docs/ingest.md §Item resolution): asset keys (``B04`` vs ``red``), where
+``proj:*`` lives (asset or item), ``proj:code`` vs ``proj:epsg``, 6- vs 9-element transforms, and where band metadata
+sits (``eo:bands``, ``raster:bands``, STAC 1.1 ``bands``). :func:`resolve_item` hides all of it behind the alias table
+in ``sensors.yaml``, so every later stage sees one shape.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ FAILURE_SCHEMA = pa.schema(
     ]
 )
 
-# Index columns filled from ResolvedItem.properties (sensor extras, data-pipeline.md §2).
+# Index columns filled from ResolvedItem.properties (sensor extras, docs/data-format.md §Chip index).
 EXTRA_PROPERTIES: Mapping[str, str] = {
     "mgrs_tile": "s2:mgrs_tile",
     "processing_baseline": "s2:processing_baseline",

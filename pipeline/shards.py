@@ -1,6 +1,6 @@
 """Training shards: one Parquet file per item, pixels as raw little-endian bytes, self-describing metadata.
 
-Layout (data-pipeline.md section 3): one row per chip with the per-row georeferencing a training step needs
+Layout (docs/data-format.md §Shards): one row per chip with the per-row georeferencing a training step needs
 (``chip_id``, ``grid_cell``, ``datetime``, ``crs_epsg``, ``transform``, ``window``, quality, a pixel ``checksum``),
 the pixels as ``image``, a ``binary`` value holding the chip's C-contiguous ``(C, H, W)`` array in the native dtype,
 little-endian, with its ``dtype`` (dictionary-encoded string) and ``shape`` (3 x int32) in per-row columns, and

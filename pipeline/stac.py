@@ -2,7 +2,8 @@
 
 Both entry points return a :class:`SearchResult` of raw item dicts with absolute asset hrefs plus a failure list:
 a broken item file or an item without ``id``/``geometry`` becomes a :class:`~pipeline.records.FailureRecord` (stage
-``"search"``) and never stops the good items (data-pipeline.md §7, §8). Filters are always applied client-side as well,
+``"search"``) and never stops the good items
+(docs/ingest.md §Steps, §STAC API client). Filters are always applied client-side as well,
 because servers differ in what they support (``rustac serve`` silently returns nothing for a CQL2 filter).
 """
 

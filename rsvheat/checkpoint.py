@@ -4,9 +4,11 @@ A checkpoint is a ``torch.save``d dict ``{"meta": ..., "state_dict": ...}`` of p
 numbers, tensors), so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)`` and never unpickles code.
 ``meta`` records the registry name and kwargs (and, for task models, the task config), the band names and
 normalisation stats per modality with their ``stats_hash``, the dataset version, progress and metrics, the pretraining
-image size and FVE/SCE shapes (hco.md §9), and the torch/Ray versions and git sha. Nothing from the environment.
+image size and FVE/SCE shapes (docs/hco.md §Resolution changes), and the torch/Ray versions and git sha. Nothing from
+the environment.
 
-Fine-tuning and inference call :func:`check_stats` to refuse data normalised with other stats (data-pipeline.md §9).
+Fine-tuning and inference call :func:`check_stats` to refuse data normalised with other stats
+(docs/data-format.md §Statistics).
 """
 
 from __future__ import annotations

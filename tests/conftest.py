@@ -203,7 +203,8 @@ def stac_api() -> Iterator[Callable[[Path | str], str]]:
     """Factory: serve a FeatureCollection JSON with ``rustac serve`` on loopback and return the API root URL.
 
     NOTE: rustac's in-memory backend has no filter/query/sort (a CQL2 filter silently returns 0 items), needs a
-    FeatureCollection (not a bare JSON array) and must be searched with POST for paging (environment.md §6).
+    FeatureCollection (not a bare JSON array) and must be searched with POST for paging
+    (docs/environment.md §Local services).
     """
     processes: list[subprocess.Popen[bytes]] = []
 

@@ -1,9 +1,9 @@
 """Orthonormal DCT-II / DCT-III transforms: cached GEMM matrices and an exact FFT path.
 
 The 2-D transform of a channels-last map ``(B, H, W, C)`` is ``X = D_H U D_Wᵀ`` per channel, applied as two GEMMs with
-no permutes (see ``docs/hco.md`` §2). The FFT path (§13) is exact to float rounding and O(N log N) per axis; ``"auto"``
-switches to it for large maps: above ``DEFAULT_FFT_THRESHOLD`` = 1024 samples per side (the GEMM path measured faster
-at every size up to 1024 on CPU; the FFT path's advantage only starts beyond, near 2048 at best).
+no permutes (see ``docs/hco.md`` §DCT). The FFT path (§FFT path) is exact to float rounding and O(N log N) per axis;
+``"auto"`` switches to it for large maps: above ``DEFAULT_FFT_THRESHOLD`` = 1024 samples per side (the GEMM path
+measured faster at every size up to 1024 on CPU; the FFT path's advantage only starts beyond, near 2048 at best).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def _fft_factors(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torc
     """Complex per-frequency factors of length N for the forward and inverse FFT paths.
 
     Forward: ``α_k e^{−iπk/2N}``. Inverse: ``2N · α_k e^{+iπk/2N} · (1 for k = 0, else ½)``, which turns the
-    zero-padded ``b`` of §13 into the Hermitian half-spectrum that ``irfft`` expects (``b_0`` is real).
+    zero-padded ``b`` of docs/hco.md §FFT path into the Hermitian half-spectrum that ``irfft`` expects (``b_0`` is
+    real).
     """
     with torch.inference_mode(False), torch.no_grad():
         k = torch.arange(n, dtype=torch.float64)
@@ -143,7 +144,7 @@ def _transform_2d(
             raise ValueError(f"Unknown layout {layout!r}; expected 'bhwc' or 'bchw'.")
     height, width = x.shape[dim_h], x.shape[dim_w]
     if resolve_dct_impl(impl, max(height, width), fft_threshold) == "fft":
-        # NOTE: the FFT path runs in fp32 at least (half-precision FFTs need power-of-two sizes, hco.md §13).
+        # NOTE: the FFT path runs in fp32 at least (half-precision FFTs need power-of-two sizes, docs/hco.md §FFT path).
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
         step = _idct_fft if inverse else _dct_fft
         return step(step(work, dim_h), dim_w)
@@ -155,7 +156,7 @@ def _transform_2d(
     if layout == "bchw":
         return d_h @ x @ d_w.T  # (H, H) @ (B, C, H, W) @ (W, W)
     batch, _, _, channels = x.shape
-    # NOTE: two GEMMs on contiguous views, no permutes (hco.md §2).
+    # NOTE: two GEMMs on contiguous views, no permutes (docs/hco.md §DCT).
     x = (d_h @ x.reshape(batch, height, width * channels)).reshape(batch * height, width, channels)  # along H
     x = d_w @ x  # (W, W) @ (B·H, W, C): along W
     return x.reshape(batch, height, width, channels)

@@ -2,8 +2,8 @@
 
 ``H(x)[k] = Σ_n x[n] · cas(2π k·n / N)`` with ``cas θ = cos θ + sin θ``, scaled by ``1/√N`` (``N`` = product of the
 transformed lengths). For real ``x`` this is ``Re(F(x)) − Im(F(x))`` where ``F`` is the FFT with ``norm="ortho"``
-(see ``docs/heracles.md`` §5). The orthonormal DHT is real, symmetric and an involution: ``H(H(x)) = x``, so the same
-function is its own inverse.
+(see ``docs/heracles.md`` §Spectral mixer). The orthonormal DHT is real, symmetric and an involution: ``H(H(x)) = x``,
+so the same function is its own inverse.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The Heat Conduction Operator (HCO) of vHeat: one step of the 2-D heat equation with Neumann boundaries.
 
-``U_t = IDCT2(DCT2(U_0) ⊙ exp(−k ⊙ Λ))`` with ``Λ[n, m] = (πn/H)² + (πm/W)²`` (``docs/hco.md`` §1–4, §11, §13).
+``U_t = IDCT2(DCT2(U_0) ⊙ exp(−k ⊙ Λ))`` with ``Λ[n, m] = (πn/H)² + (πm/W)²``
+(``docs/hco.md`` §Operator, §DCT, §Decay and conductivity, §HCO layer, §Mixed precision, §FFT path).
 The conductivity ``k = ReLU(to_k(FVE))`` is learned per frequency and channel from a Frequency Value Embedding.
 """
 
@@ -34,7 +35,8 @@ HCOCoreDtype = Literal["fp32", "autocast"]
 @lru_cache(maxsize=128)
 def _decay_grid_cached(height: int, width: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():
-        # NOTE: ω = πn/H as upstream's linspace(0, π, H+1)[:H]; not (n+½) and not 2πn/H (hco.md §3).
+        # NOTE: ω = πn/H as upstream's linspace(0, π, H+1)[:H]; not (n+½) and not 2πn/H
+        # (docs/hco.md §Decay and conductivity).
         omega_h = math.pi * torch.arange(height, dtype=torch.float64) / height
         omega_w = math.pi * torch.arange(width, dtype=torch.float64) / width
         grid = omega_h[:, None] ** 2 + omega_w[None, :] ** 2  # (H, W)
@@ -90,7 +92,8 @@ def apply_decay(
         dct_impl: ``"matmul"``, ``"fft"`` or ``"auto"`` (FFT when ``max(H, W) > fft_threshold``).
         fft_threshold: switch size for ``"auto"``.
         core_dtype: ``"fp32"`` runs the core in fp32 with autocast disabled; ``"autocast"`` lets autocast pick the
-            GEMM dtype (relative error about 3e-3 in bf16, hco.md §11). The FFT path always runs in fp32.
+            GEMM dtype (relative error about 3e-3 in bf16,
+            docs/hco.md §Mixed precision). The FFT path always runs in fp32.
 
     Returns:
         The filtered map; fp32 for ``core_dtype="fp32"``.
@@ -142,7 +145,7 @@ def heat_conduction(
 
 
 class HeatConduction2d(nn.Module):
-    """The HCO block operator, exactly as ``docs/hco.md`` §4 (and §10 with ``spatial_correction``).
+    """The HCO block operator, exactly as ``docs/hco.md`` §HCO layer (and §RS-vHeat with ``spatial_correction``).
 
     dwconv3×3 → Linear(C, 2C) → split ``u, z`` → DCT2 → ``⊙ exp(−k ⊙ Λ)`` → IDCT2 → LayerNorm → ``⊙ SiLU(z)`` →
     Linear(C, C). The conductivity ``k = ReLU(to_k(FVE))`` comes from the stage's Frequency Value Embedding, which
@@ -191,7 +194,7 @@ class HeatConduction2d(nn.Module):
         # Frozen decays cast to an autocast dtype (``hco_core_dtype="autocast"``), keyed by (H, W, dtype).
         self._cast_cache: dict[tuple[int, int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         for linear in (self.linear, self.to_k, self.out_linear):
-            if linear is not None:  # hco.md §6: Linear trunc_normal(0.02), bias 0
+            if linear is not None:  # docs/hco.md §Network: Linear trunc_normal(0.02), bias 0
                 nn.init.trunc_normal_(linear.weight, std=0.02)
                 nn.init.zeros_(linear.bias)
 
@@ -207,7 +210,7 @@ class HeatConduction2d(nn.Module):
 
     def _serves_frozen(self) -> bool:
         # NOTE: in training mode a fused operator that still has to_k recomputes the decay, so the FVE and to_k keep
-        # learning (hco.md §9); frozen decays serve eval, or training only once to_k is gone.
+        # learning (docs/hco.md §Resolution changes); frozen decays serve eval, or training only once to_k is gone.
         return self._frozen is not None and (not self.training or self.to_k is None)
 
     def has_decay(self, height: int, width: int) -> bool:

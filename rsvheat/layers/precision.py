@@ -1,4 +1,5 @@
-"""Local precision control: run a numerically sensitive op in fp32 with autocast switched off (hco.md §11)."""
+"""Local precision control: run a numerically sensitive op in fp32 with autocast switched off
+(docs/hco.md §Mixed precision)."""
 
 from __future__ import annotations
 

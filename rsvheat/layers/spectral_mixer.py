@@ -4,7 +4,8 @@ The global half is ``ŷ = T⁻¹( T(x) ⊙ W_g )`` with ``T`` the orthonormal DC
 orthonormal DHT (``"dht"``, as the paper text; an involution, so ``T⁻¹ = T``). ``W_g`` holds one real weight per
 (channel, frequency) and is sized at construction; other grid sizes either raise (``"strict"``) or resize ``W_g`` over
 the frequency grid (``"interpolate"``). The two halves are interleaved channel-wise: output channel ``2i`` is local
-channel ``i`` and ``2i + 1`` is global channel ``i`` (``docs/heracles.md`` §5). Works on 1-D sequences ``(B, C, T)``
+channel ``i`` and ``2i + 1`` is global channel ``i``
+(``docs/heracles.md`` §Spectral mixer). Works on 1-D sequences ``(B, C, T)``
 and 2-D maps ``(B, C, H, W)`` alike.
 """
 
@@ -208,7 +209,7 @@ class LocalGlobalMixer(nn.Module):
         half = x.shape[1] // 2
         x_loc, x_glb = x[:, :half], x[:, half:]
         y_loc = self.local(x_loc)
-        with autocast_off(x.device):  # the global half runs in fp32 (heracles.md §11)
+        with autocast_off(x.device):  # the global half runs in fp32 (docs/heracles.md §Precision)
             y_glb = self.global_filter(x_glb.float())
         y_glb = y_glb.to(y_loc.dtype)
         # (B, C/2, *grid) x2 -> (B, C/2, 2, *grid) -> (B, C, *grid): channel 2i local, 2i+1 global

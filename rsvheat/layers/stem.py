@@ -15,7 +15,7 @@ __all__ = ["StemLayer", "adapt_rgb_filters", "adapt_stem_weights", "build_stems"
 
 
 class StemLayer(nn.Module):
-    """Conv3×3 s2 (in → C/2) → LN → GELU → Conv3×3 s2 (C/2 → C) → LN, eps 1e-6 (hco.md §6).
+    """Conv3×3 s2 (in → C/2) → LN → GELU → Conv3×3 s2 (C/2 → C) → LN, eps 1e-6 (docs/hco.md §Network).
 
     A stride-2 conv with padding 1 maps ``n`` to ``⌈n/2⌉``, so any ``H×W`` gives ``(⌈⌈H/2⌉/2⌉, ⌈⌈W/2⌉/2⌉)``.
 
@@ -64,7 +64,7 @@ def _band_key(name: str) -> str:
 def adapt_rgb_filters(
     weight: torch.Tensor, band_names: Sequence[str], rgb_bands: tuple[str, str, str] = ("B04", "B03", "B02")
 ) -> torch.Tensor:
-    """Turn the first conv of an RGB stem into one for ``band_names`` (hco.md §10).
+    """Turn the first conv of an RGB stem into one for ``band_names`` (docs/hco.md §RS-vHeat).
 
     The R, G and B filters go to the bands named in ``rgb_bands`` (or named ``red``/``green``/``blue``); every other
     band gets the mean RGB filter; the result is scaled by ``3/N``. A grey input (all bands equal) then gives the same
@@ -103,7 +103,7 @@ def adapt_stem_weights(
     rgb_bands: tuple[str, str, str] = ("B04", "B03", "B02"),
     prefix: str = "",
 ) -> dict[str, torch.Tensor]:
-    """Load an RGB checkpoint into an ``N``-band stem (hco.md §10).
+    """Load an RGB checkpoint into an ``N``-band stem (docs/hco.md §RS-vHeat).
 
     ``stems.<modality>.conv1.weight`` is rebuilt by :func:`adapt_rgb_filters`. Works for every backbone whose stems
     live in ``stems.<name>`` with a first conv ``conv1`` (vHeat, RS-vHeat, Heracles).

@@ -37,7 +37,7 @@ def format_size(size: SizeLike, name: str = "size") -> tuple[int, int]:
 
 
 def stage_sizes(height: int, width: int, num_stages: int = 4) -> list[tuple[int, int]]:
-    """Map size of each stage for an ``H × W`` input: stride 4, then ``⌈n/2⌉`` per downsample (hco.md §6).
+    """Map size of each stage for an ``H × W`` input: stride 4, then ``⌈n/2⌉`` per downsample (docs/hco.md §Network).
 
     A stride-2 convolution with padding 1 (kernel 3) maps ``n`` to ``⌈n/2⌉``, so any size is legal.
     """

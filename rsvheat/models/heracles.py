@@ -3,7 +3,7 @@
 Paper: "Heracles: A Hybrid SSM-Transformer Model for High-Resolution Image and Time-Series Analysis" (v1: "Spectral
 Convolutional Transformer"), Patro, Ranganath, Namboodiri, Agneeswaran, arXiv 2403.18063. Upstream code:
 ``badripatro/heracles`` and ``badripatro/sct`` (read for the architecture only; nothing is copied). Spec and our
-deviations: ``docs/heracles.md`` (shared docs).
+deviations: ``docs/heracles.md`` and ``docs/heracles_ts.md``.
 
 As a remote-sensing backbone the model has one stem per input modality and a shared trunk, returns four dense NCHW
 maps (strides 4/8/16/32, after the stage norms) and pools the stage-4 map for an embedding. The spectral weights
@@ -456,7 +456,8 @@ class Heracles(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Linear: trunc_normal(0.02). LayerNorm: weight 1. Conv: N(0, √(2/fan_out)). Biases 0 (heracles.md §3)."""
+    """Linear: trunc_normal(0.02). LayerNorm: weight 1. Conv: N(0, √(2/fan_out)). Biases 0
+    (docs/heracles.md §Layout)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
     elif isinstance(module, nn.Conv1d | nn.Conv2d):

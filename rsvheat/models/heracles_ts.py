@@ -1,6 +1,6 @@
 """Heracles-TS: the Heracles block applied along time, for Sentinel pixel/parcel series and chip sequences.
 
-Our design (``docs/heracles.md`` §12; what differs from the paper is listed in ``docs/heracles_ts.md``): the paper's
+Our design (``docs/heracles_ts.md``, which also lists what differs from the paper): the paper's
 time-series architecture (arXiv 2403.18063 v2) was not recovered. The image block's mechanisms are kept and applied
 over the time axis of a regular time grid:
 

@@ -7,7 +7,8 @@
 
 An independent re-implementation of ``docs/hco.md`` (no upstream code copied; see the upstream repositories for
 their licences). Differences from upstream: any input size (square or not) at any time via FVE/SCE resizing, one stem
-per input modality with any band count, inference-mode decays keyed by map size, and no upstream bugs of §10.
+per input modality with any band count, inference-mode decays keyed by map size, and no upstream bugs of
+docs/hco.md §RS-vHeat.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Mlp2d(nn.Module):
 
 
 class VHeatBlock(nn.Module):
-    """HCO + MLP residual block, pre-norm (vHeat-T) or post-norm with layer scale (vHeat-S/B), hco.md §5.
+    """HCO + MLP residual block, pre-norm (vHeat-T) or post-norm with layer scale (vHeat-S/B), docs/hco.md §Block.
 
     Args:
         dim: width ``C``.
@@ -264,10 +265,10 @@ class VHeat(nn.Module):
         fve_interp: ``"bicubic"`` or ``"bilinear"`` FVE/SCE resizing.
         hco_core_dtype: ``"fp32"`` or ``"autocast"`` for the DCT → decay → IDCT core.
         fixed_k: ablation: a constant conductivity instead of the learned ``k`` (no FVE, no ``to_k``).
-        dense_norms: a LayerNorm2d ("outnorm", hco.md §6) on the stage 0–2 outputs of ``forward_features``; the last
-            stage always has one (it is also the classifier's norm). Off by default: upstream's classifier network,
-            and no parameters that a head reading only some stages (e.g. classification) leaves without gradient,
-            which DDP rejects. Turn it on for dense heads that read every stage.
+        dense_norms: a LayerNorm2d ("outnorm", docs/hco.md §Network) on the stage 0–2 outputs of ``forward_features``;
+            the last stage always has one (it is also the classifier's norm). Off by default: upstream's classifier
+            network, and no parameters that a head reading only some stages (e.g. classification) leaves without
+            gradient, which DDP rejects. Turn it on for dense heads that read every stage.
 
     Attributes:
         modalities: stem names, in ``in_chans`` order.
@@ -432,7 +433,8 @@ class VHeat(nn.Module):
         """Switch to inference mode: precompute ``exp(−k ⊙ Λ)`` per block for the stage sizes of each input size.
 
         Outputs equal training mode. Sizes not listed are computed lazily on first use while the FVE is present.
-        The FVE is resized first and ``to_k``/ReLU/exp applied after, never the decay itself (hco.md §8).
+        The FVE is resized first and ``to_k``/ReLU/exp applied after, never the decay itself
+        (docs/hco.md §Inference mode).
 
         Args:
             sizes: input sizes ``H`` or ``(H, W)``; default ``[img_size]``.
@@ -478,7 +480,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def count_parameters(model: VHeat, mode: Literal["train", "inference"] = "train") -> int:
-    """Parameter count as ``docs/hco.md`` §7 defines it.
+    """Parameter count as ``docs/hco.md`` §Reference numbers defines it.
 
     Args:
         model: a vHeat model.
@@ -506,7 +508,8 @@ def count_parameters(model: VHeat, mode: Literal["train", "inference"] = "train"
 def resize_embeddings(
     state_dict: Mapping[str, torch.Tensor], img_size: SizeLike, mode: EmbeddingResize = "bicubic"
 ) -> dict[str, torch.Tensor]:
-    """Resize every stage FVE/SCE of a state dict to the stage sizes of a new nominal ``img_size`` (hco.md §9).
+    """Resize every stage FVE/SCE of a state dict to the stage sizes of a new nominal ``img_size``
+    (docs/hco.md §Resolution changes).
 
     Use the model's ``fve_interp`` mode to fine-tune at a new size. ``"zero_pad"`` reproduces upstream's
     ``interpolate4downstream.py`` (zeros at the bottom and right; the learned block stays at its indices); it is

@@ -135,7 +135,8 @@ def test_rows_and_markdown_report_ratios_against_both_baselines() -> None:
 
 
 def test_meta_flop_count_matches_the_vheat_spec() -> None:
-    """hco.md §7: vHeat-B at 224 is 16.10 GMAC in training mode and 14.87 GMAC in inference mode."""
+    """docs/hco.md §Reference numbers: vHeat-B at 224 is 16.10 GMAC in training mode and 14.87 GMAC in inference
+    mode."""
     fused = backbone.count_flops_meta("vheat_base", 224)
     unfused = backbone.count_flops_meta("vheat_base", 224, fused=False)
     assert fused["flops"] / 2e9 == pytest.approx(14.87, rel=5e-3)

@@ -72,7 +72,8 @@ def test_bare_backbone_round_trip_two_modalities(name: str, tmp_path: Path) -> N
     assert meta["pretrain_img_size"] == list(model.img_size)
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["git_sha"] is None or len(meta["git_sha"]) == 40
-    if name.startswith(("vheat", "rsvheat")):  # HCO backbones: FVE (and SCE) shapes are recorded (hco.md §9)
+    # HCO backbones: FVE (and SCE) shapes are recorded (docs/hco.md §Resolution changes)
+    if name.startswith(("vheat", "rsvheat")):
         assert meta["fve_sce_shapes"]["stages.0.fve"] == list(model.stages[0].fve.shape)
     assert load_checkpoint_meta(path) == meta
 

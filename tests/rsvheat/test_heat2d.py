@@ -1,4 +1,5 @@
-"""The heat-conduction step and the HCO module (docs/hco.md §1–4, §11, §13 and tests 3–7, 11, 14)."""
+"""The heat-conduction step and the HCO module
+(docs/hco.md §Operator, §DCT, §Decay and conductivity, §HCO layer, §Mixed precision, §FFT path, §Test tolerances)."""
 
 from __future__ import annotations
 

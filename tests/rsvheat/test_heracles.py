@@ -193,7 +193,8 @@ def test_bf16_autocast_runs_global_branch_in_fp32():
 
 # --- parameter counts and layout ------------------------------------------------------------------------------------
 
-SPEC_COUNTS = {  # heracles.md §9: backbone @224, backbone @256, with CA block + head + aux head @224 (1000 classes)
+# docs/heracles.md §Reference numbers: backbone @224, backbone @256, with CA block + head + aux head @224 (1000 classes)
+SPEC_COUNTS = {
     "heracles_small": (18_366_240, 18_519_840, 21_678_512, 32),
     "heracles_base": (28_326_080, 28_479_680, 32_504_464, 64),
     "heracles_large": (49_504_672, 49_781_152, 53_683_056, 64),
@@ -435,7 +436,8 @@ def test_checkpoint_filter_fn_maps_upstream_keys():
 
 
 def test_base_macs_at_224_within_five_percent_of_spec():
-    # heracles.md §9, B: 6.71 GMAC counting conv, linear, attention and dense DCT; a sanity check on meta tensors.
+    # docs/heracles.md §Reference numbers, B: 6.71 GMAC counting conv, linear, attention and dense DCT; a sanity check
+    # on meta tensors.
     with torch.device("meta"):
         model = rsvheat.create_model("heracles_base", in_chans=3)
         with FlopCounterMode(display=False) as counter:

@@ -1,4 +1,4 @@
-"""Stems per modality and loading an RGB checkpoint into an N-band stem (docs/hco.md §10)."""
+"""Stems per modality and loading an RGB checkpoint into an N-band stem (docs/hco.md §RS-vHeat)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""vHeat / RS-vHeat backbones: counts, GMACs, shapes, modalities, inference mode, caches (docs/hco.md tests 6–16)."""
+"""vHeat / RS-vHeat backbones: counts, GMACs, shapes, modalities, inference mode, caches
+(docs/hco.md §Test tolerances)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rsvheat.models.vheat import Mlp2d, VHeat, VHeatBlock, count_parameters, res
 
 TEST_MODELS = ["vheat_test", "rsvheat_test"]
 
-# docs/hco.md §7: (training mode, inference mode) parameters; (training, inference) GMAC at 224.
+# docs/hco.md §Reference numbers: (training mode, inference mode) parameters; (training, inference) GMAC at 224.
 SPEC_COUNTS = {
     "vheat_tiny": (30_853_480, 29_558_056),
     "vheat_small": (52_220_392, 50_054_056),
@@ -149,7 +150,7 @@ def test_checkpoint_round_trip(tmp_path: pytest.TempPathFactory) -> None:
     assert torch.equal(model(x, modality="sar"), rebuilt(x, modality="sar"))
 
 
-# --- parameter counts and GMACs (docs/hco.md §7) ----------------------------------------------------------------
+# --- parameter counts and GMACs (docs/hco.md §Reference numbers) ------------------------------------------------------
 @pytest.mark.parametrize("name", list(SPEC_COUNTS))
 def test_parameter_counts_match_the_spec(name: str) -> None:
     model = _spec_model(name)
@@ -183,7 +184,7 @@ def test_gmac_at_224_in_training_and_inference_mode(name: str) -> None:
     assert counter.get_total_flops() / 2e9 == pytest.approx(inference_ref, rel=0.01)
 
 
-# --- sizes and resizing (docs/hco.md §9, tests 6 and 12) ----------------------------------------------------------
+# --- sizes and resizing (docs/hco.md §Resolution changes, §Test tolerances) -------------------------------------------
 def test_any_input_size_runs_and_stage_sizes_follow_ceil(interpolate_calls: list[tuple[int, ...]]) -> None:
     model = _build("vheat_test", img_size=224).eval()
     with torch.no_grad():
@@ -271,7 +272,7 @@ def test_gradients_reach_fve_and_sce_at_a_new_size() -> None:
         assert stage.sce.grad is not None and stage.sce.grad.abs().sum() > 0
 
 
-# --- modalities (docs/hco.md §10, test 15) -------------------------------------------------------------------------
+# --- modalities (docs/hco.md §RS-vHeat, §Test tolerances) -------------------------------------------------------------
 @pytest.mark.parametrize("bands", [2, 4, 13])
 def test_band_counts(bands: int) -> None:
     model = _build("vheat_test", in_chans=bands, num_classes=10)
