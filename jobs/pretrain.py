@@ -369,6 +369,10 @@ def maybe_inject_kill(cfg: PretrainConfig, step: int, rank: int, world: int) -> 
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return
+    # Ray Train V2's controller collects reports (and so registers checkpoints) on its health-check poll; a worker
+    # killed within one poll of the last report restarts from the checkpoint before it. Wait two polls, so the test
+    # kills after the last checkpoint is registered, as a real failure long after it would.
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 1.0)
     log.warning("fault injection: killing worker rank %d (pid %d) at step %d", rank, os.getpid(), step)
     os.kill(os.getpid(), signal.SIGKILL)
 
