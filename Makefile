@@ -47,7 +47,7 @@ test-realdata: samples
 test-cluster: install
 	$(call PYTEST_MARKED,cluster)
 
-test-slow: install
+test-slow: samples
 	$(call PYTEST_MARKED_MAY_BE_EMPTY,slow)
 
 test-all: test test-slow
