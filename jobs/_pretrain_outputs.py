@@ -34,13 +34,13 @@ MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 
 
-def metrics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``rows`` (one per logged step) as CSV text with :data:`METRIC_COLUMNS` in that order."""
+def metrics_csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """``rows`` (one per logged step) as CSV text with ``columns`` (default :data:`METRIC_COLUMNS`) in that order."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
     return buffer.getvalue()
 
 
@@ -61,8 +61,9 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_loss_png(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Draw the loss and its terms over steps (:func:`rsvheat.plot.line_plot_png`) and save a PNG.
+def plot_loss_png(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "",
+                  terms: Sequence[str] = ("spa", "fre", "con")) -> Path:
+    """Draw the loss and its ``terms`` over steps (:func:`rsvheat.plot.line_plot_png`) and save a PNG.
 
     Raises:
         ValueError: no row has a finite loss.
@@ -71,7 +72,8 @@ def plot_loss_png(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
 
     if not any(_finite(r.get("loss")) for r in rows):
         raise ValueError(f"No finite loss in {len(rows)} metric rows; nothing to plot for {path}.")
-    colors = {"loss": (20, 20, 20), "spa": (31, 119, 180), "fre": (44, 160, 44), "con": (214, 39, 40)}
+    palette = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (255, 127, 14)]
+    colors = {"loss": (20, 20, 20), **{t: palette[i % len(palette)] for i, t in enumerate(terms)}}
     series = {key: Series([(r["step"], float(r[key])) for r in rows if _finite(r.get(key))], color,
                           width=3 if key == "loss" else 1) for key, color in colors.items()}
     return line_plot_png(series, path, title=title or "pretraining loss", xlabel="step")
