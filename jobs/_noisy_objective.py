@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["TERMS", "MaskJoiner", "NoisyPlan", "build_noisy_datasets", "build_task_model", "evaluate",
-           "noisy_from_summary", "noisy_step", "plan_noisy", "stems_of"]
+           "noisy_from_summary", "noisy_step", "plan_noisy"]
 
 TERMS = ("ce", "dice", "kept")
 VAL, CLEAN = "val:", "clean:"  # dataset-name prefixes of the validation streams
@@ -41,7 +41,11 @@ VAL, CLEAN = "val:", "clean:"  # dataset-name prefixes of the validation streams
 
 @dataclass(frozen=True)
 class NoisyPlan:
-    """The label side of the feed: classes, and per stream the chips of each split (``chip_key -> chip_id``)."""
+    """The label side of the feed: classes, and per stream the chips of each split (``chip_key -> chip_id``).
+
+    ``streams`` holds every stream with a labelled chip, also those with validation chips only (e.g. a collection
+    whose chips all have clean masks), which the training plan leaves out.
+    """
 
     classes: tuple[str, ...]
     labels: str
@@ -50,10 +54,12 @@ class NoisyPlan:
     val: dict[str, dict[int, str]]
     clean: dict[str, dict[int, str]]
     provenance: dict[str, Any]
+    streams: dict[str, StreamInfo]
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the workers and the lineage (chip counts, not the chip lists)."""
         return {"classes": list(self.classes), "labels": self.labels, "clean_labels": self.clean_labels,
+                "stems": {n: s.stems[0] for n, s in self.streams.items()},
                 "train_chips": {n: len(v) for n, v in self.train.items()},
                 "val_chips": {n: len(v) for n, v in self.val.items()},
                 "clean_chips": {n: len(v) for n, v in self.clean.items()}, "provenance": self.provenance}
@@ -84,6 +90,7 @@ def plan_noisy(feed: FeedPlan, *, labels: str, clean_labels: str | None, val_fra
     clean: dict[str, dict[int, str]] = {}
     provenance: dict[str, Any] = {}
     streams: dict[str, StreamInfo] = {}
+    labelled: dict[str, StreamInfo] = {}
     cache: dict[tuple[str, str], tuple[set[str], Any]] = {}
     for name, stream in feed.streams.items():
         dataset_dir, collection = stream.sources[0]
@@ -116,15 +123,17 @@ def plan_noisy(feed: FeedPlan, *, labels: str, clean_labels: str | None, val_fra
             if part != "clean" and cid not in ids:
                 continue
             split[part][chip_key(cid)] = cid
-        if split["train"]:
+        if any(split.values()):
             train[name], val[name], clean[name] = split["train"], split["val"], split["clean"]
+            labelled[name] = stream
+        if split["train"]:
             streams[name] = replace(stream, rows=len(split["train"]))
     if classes is None or not streams:
         raise ValueError(f"No chip of the feed's streams {list(feed.streams)} has a mask in label set {labels!r} "
                          "(outside --clean-labels); build one with jobs/labels.py.")
     plan = FeedPlan(feed.stems, streams, {**feed.lineage, "labels": labels, "clean_labels": clean_labels},
                     dict(feed.excluded))
-    return plan, NoisyPlan(classes, labels, clean_labels, train, val, clean, provenance)
+    return plan, NoisyPlan(classes, labels, clean_labels, train, val, clean, provenance, labelled)
 
 
 class MaskJoiner:
@@ -152,14 +161,15 @@ class MaskJoiner:
 
 def build_noisy_datasets(plan: FeedPlan, noisy: NoisyPlan, *, s3_endpoint: str | None = None
                          ) -> dict[str, ray.data.Dataset]:
-    """Per stream: the training split (shuffled), and ``val:``/``clean:`` datasets for the validation splits."""
+    """Per training stream of ``plan`` its split (shuffled), and per labelled stream ``val:``/``clean:`` datasets."""
     out = {}
-    for split, prefix, labels, shuffle in ((noisy.train, "", noisy.labels, True), (noisy.val, VAL, noisy.labels, False),
-                                           (noisy.clean, CLEAN, noisy.clean_labels, False)):
-        base = build_datasets(plan, s3_endpoint=s3_endpoint, shuffle=shuffle)
+    every = FeedPlan(plan.stems, noisy.streams, plan.lineage)
+    for split, prefix, labels, source in ((noisy.train, "", noisy.labels, plan), (noisy.val, VAL, noisy.labels, every),
+                                          (noisy.clean, CLEAN, noisy.clean_labels, every)):
+        base = build_datasets(source, s3_endpoint=s3_endpoint, shuffle=not prefix)
         for name, ds in base.items():
             if split.get(name) and labels is not None:
-                dataset_dir = plan.streams[name].sources[0][0]
+                dataset_dir = source.streams[name].sources[0][0]
                 joiner = MaskJoiner(split[name], dataset_dir, labels, s3_endpoint)
                 out[prefix + name] = ds.map_batches(joiner, batch_format="numpy")  # an instance: stateless tasks
     return out
@@ -192,15 +202,20 @@ def noisy_step(model: nn.Module, batch: Mapping[str, torch.Tensor], stem: str, d
 
 def evaluate(model: nn.Module, shards: Mapping[str, Any], stems: Mapping[str, str], num_classes: int, *,
              batch_size: int, device: torch.device) -> dict[str, float]:
-    """mIoU over every validation shard of this worker, summed across ranks: ``{"val_miou", "clean_miou"}``.
+    """mIoU over the validation datasets, summed across ranks: ``{"val_miou", "clean_miou"}`` (NaN: no chip).
+
+    The validation datasets are not split across workers (an equal split would drop rows of small ones): every rank
+    reads each of them and scores the batches ``i`` with ``i % world == rank``.
 
     Args:
-        shards: dataset name (``val:STREAM`` / ``clean:STREAM``) -> this worker's dataset shard.
+        shards: dataset name (``val:STREAM`` / ``clean:STREAM``) -> this worker's (whole) dataset iterator.
         stems: stream name -> its stem.
     """
     import torch
     import torch.distributed as dist
 
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     from rsvheat.heads.metrics import SegmentationMetric
 
     metrics = {VAL: SegmentationMetric(num_classes, IGNORE_INDEX), CLEAN: SegmentationMetric(num_classes, IGNORE_INDEX)}
@@ -210,28 +225,25 @@ def evaluate(model: nn.Module, shards: Mapping[str, Any], stems: Mapping[str, st
         for name, shard in shards.items():
             prefix = VAL if name.startswith(VAL) else CLEAN
             stream = name[len(prefix):]
-            for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False, device=device):
+            for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, drop_last=False, device=device)):
+                if i % world != rank:
+                    continue
                 target = torch.where(batch["valid"].bool(), batch["mask"].long(), IGNORE_INDEX)
                 metrics[prefix].update(model(batch["image"], modality=stems[stream]), target)
     model.train(was_training)
     out = {}
     for prefix, key in ((VAL, "val_miou"), (CLEAN, "clean_miou")):
         confusion = metrics[prefix].confusion.to(device)
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
             dist.all_reduce(confusion)  # every rank holds the same (K, K) shape, even with no batch
         metrics[prefix].confusion = confusion.cpu()
         out[key] = metrics[prefix].compute()["mIoU"] if int(confusion.sum()) else float("nan")
     return out
 
 
-def stems_of(plan: FeedPlan) -> dict[str, str]:
-    """Stream name -> its (single) stem."""
-    return {name: stream.stems[0] for name, stream in plan.streams.items()}
-
-
-def noisy_from_summary(summary: Mapping[str, Any]) -> tuple[tuple[str, ...], Sequence[str]]:
-    """``(classes, validation dataset names)`` from :meth:`NoisyPlan.summary` (what the workers receive)."""
+def noisy_from_summary(summary: Mapping[str, Any]) -> tuple[tuple[str, ...], Sequence[str], dict[str, str]]:
+    """``(classes, validation dataset names, stem per stream)`` from :meth:`NoisyPlan.summary` (the workers' view)."""
     names = [VAL + n for n, c in summary["val_chips"].items() if c] + [
         CLEAN + n for n, c in summary["clean_chips"].items() if c]
-    return tuple(summary["classes"]), names
+    return tuple(summary["classes"]), names, dict(summary["stems"])
 

@@ -292,7 +292,7 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
         log.info("stream %-32s %6d %s, p=%.3f", name, stream.rows, "pairs" if len(stream.stems) == 2 else "chips", p)
     if not labelled:
         return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint)
-    split = replace(split, **{k: {n: getattr(split, k)[n] for n in plan.streams} for k in ("train", "val", "clean")})
+    split = replace(split, train={n: split.train[n] for n in plan.streams})  # streams too small to train dropped
     plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
     log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})
     return plan, noisy.build_noisy_datasets(plan, split, s3_endpoint=cfg.s3_endpoint)
@@ -511,7 +511,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     shards = {name: ray.train.get_dataset_shard(name) for name in names}  # [3] this worker's slice of each stream
     terms = TERMS[cfg.objective]
     if cfg.objective == "noisy-labels":
-        classes, val_names = noisy.noisy_from_summary(plan.lineage["noisy"])
+        classes, val_names, val_stems = noisy.noisy_from_summary(plan.lineage["noisy"])
         val_shards = {name: ray.train.get_dataset_shard(name) for name in val_names}  # [3] ... and of validation
     feed = StreamFeed(shards, batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                       prefetch_batches=cfg.prefetch_batches, position=position, device=device)
@@ -564,7 +564,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             raise FloatingPointError(f"loss is {row['loss']} at step {step_no} (stream {row['stream']}); lower --lr.")
         due = step_no % cfg.checkpoint_every == 0 or step_no == cfg.max_steps
         if due and cfg.objective == "noisy-labels":  # validation mIoU with every checkpoint (all ranks take part)
-            row.update(noisy.evaluate(_core(model), val_shards, noisy.stems_of(plan), len(classes),
+            row.update(noisy.evaluate(_core(model), val_shards, val_stems, len(classes),
                                       batch_size=cfg.batch_size, device=device))
         history.append(row)
         metrics = {k: v for k, v in row.items()}
@@ -690,6 +690,7 @@ def train_driver_fn(cfg: PretrainConfig, public: Mapping[str, Any]) -> tuple[Any
     )
     trainer = TorchTrainer(  # [7] one train_fn_per_worker per worker, gloo on CPU, nccl on GPU
         train_fn_per_worker,
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(plan.streams)),  # validation sets stay whole
         train_loop_config={"cfg": to_dict(cfg), "public_cfg": dict(public), "plan": plan_to_dict(plan)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling,
