@@ -4,7 +4,8 @@
 
 KubeRay kinds are walked strictly against the CRDs' `v1` `openAPIV3Schema` found in DIR (unknown keys, types, CEL
 rules; infra/strict_schema.py), then checked against the operator's admission rules (infra/kuberay_rules.py) and
-their `rayStartParams` against the installed Ray's `ray start` options (infra/ray_start.py).
+their `rayStartParams` against the installed Ray's `ray start` options (infra/ray_start.py); a RayCronJob's
+`--schedule-slot every:PERIOD` must be its schedule's period in UTC (infra/slot_rules.py).
 Built-in kinds (CronJob, Role, ...) go through `kubernetes-validate --strict` when it is installed. Exit status 0 when
 every document is valid, 1 when any is not, 2 for a usage error (no CRD folder, unreadable file).
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from infra import kuberay_rules, ray_start
+from infra import kuberay_rules, ray_start, slot_rules
 from infra.errors import ManifestError, SchemaDirectoryError
 from infra.strict_schema import Violation, walk
 
@@ -93,6 +94,10 @@ def validate_custom_resource(document: Mapping[str, Any], schema: Mapping[str, A
         out += kuberay_rules.check_rayjob_spec(spec)
     elif kind == "RayCronJob":
         out += kuberay_rules.check_raycronjob(document)
+        template = spec.get("jobTemplate") or {}
+        out += slot_rules.check_schedule_slot(
+            spec.get("schedule"), spec.get("timeZone"), template.get("entrypoint"), "spec.jobTemplate.entrypoint"
+        )
     for path, cluster in ray_start.cluster_specs(document):
         out += ray_start.check_ray_start_params(cluster, path)
     return out

@@ -12,7 +12,10 @@ Steps (docs/ingest.md §Steps):
 0. **Validate and lease**: every flag is checked before any work (bad ``--since``/``--datetime``/``--bbox``, a missing
    ``--config``, an unknown ``--nodata-override`` band, an ``--output`` that is a file or not writable: exit 2). The
    run then takes the output's lease and pins the dataset version's processing version (docs/ingest-lease.md): a
-   second run while one is going, or a run with other chip settings into a pinned dataset version, exits 2.
+   second run while one is going (after ``--lease-wait`` seconds), or a run with other chip settings into a pinned
+   dataset version, exits 2. A scheduled run (``--schedule-slot``) whose slot is already done exits 0 here, before
+   and again after taking the lease, and records its slot once its outputs are committed (docs/operations.md
+   §Scheduled ingestion).
 1. **Search** on the driver: a STAC API through pystac-client (``--stac-api``) or a static catalog / ItemCollection /
    JSON array (``--catalog``), with the same filters applied client-side. Duplicate ids are reported (differing
    copies as search-stage failures). When there is work to do the results are snapshotted (hrefs redacted) to
@@ -29,8 +32,9 @@ Cloud limits: ``--max-cloud`` drops chips whose cloud percentage (from SCL/QA) e
 ``--max-item-cloud`` is given it is also the item-level ``eo:cloud_cover`` search filter. The default (unset) keeps
 cloudy chips: filtering on cloud is a sampling decision. ``--max-nodata`` defaults to 50 %, stacchip's choice.
 
-Exit status: 0 when every item succeeded, 3 when some failed (partial), 1 when the dataset holds no ingested item,
-2 for bad flags, an unusable output, a held lease or a pinned processing version (one ``error:`` line, no traceback).
+Exit status: 0 when every item succeeded (or the schedule slot was already done), 3 when some failed (partial), 1
+when the dataset holds no ingested item, 2 for bad flags, an unusable output, a held lease or a pinned processing
+version (one ``error:`` line, no traceback).
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ from pipeline.manifest import (
     write_outputs,
 )
 from pipeline.records import FailureRecord
-from pipeline.times import parse_datetime
+from pipeline.schedule import SlotRecord, read_slot, record_slot, resolve_slot, slot_id, slot_path
+from pipeline.times import format_datetime, parse_datetime
 from pipeline.warnings import PipelineWarning, SensorInferredWarning
 
 __all__ = [
@@ -149,7 +154,16 @@ class IngestConfig:
     )
     lease_owner: str | None = field(
         default=None,
-        metadata={"help": "lease owner id (default: the Ray job submission id, else host:pid:random); docs/ingest-lease.md"},
+        metadata={"help": "lease owner id (default: the Ray job submission id, else host:pid:random); "
+                          "docs/ingest-lease.md"},
+    )
+    lease_wait: float = field(
+        default=0.0, metadata={"help": "seconds to wait while another run holds the output's lease (0: exit 2 at once)"}
+    )
+    schedule_slot: str | None = field(
+        default=None,
+        metadata={"help": "the schedule slot this run is: an RFC 3339 time, or every:PERIOD (every:6h: the UTC period "
+                          "the run started in); a slot already done exits 0 without work (docs/operations.md)"},
     )
     # Scaling
     workers: int = field(default=2, metadata={"help": "maximum ItemChipper actors (1 CPU each)"})
@@ -182,6 +196,8 @@ class IngestSummary:
     duplicates: int = 0
     commit_failures: int = 0
     output: str = ""
+    slot: str = ""  # the schedule slot (``20261123T060000Z``) when run with --schedule-slot
+    slot_done_by: str = ""  # set when the slot was already done: who did it (nothing was done now)
 
     @property
     def chips_per_second(self) -> float:
@@ -190,7 +206,9 @@ class IngestSummary:
 
     @property
     def exit_code(self) -> int:
-        """1 when the dataset holds nothing, 3 when this run saw failures, else 0."""
+        """0 for a slot already done; else 1 when the dataset holds nothing, 3 when this run saw failures, else 0."""
+        if self.slot_done_by:
+            return EXIT_OK
         if self.dataset_items == 0:
             return EXIT_FAILED
         if self.items_failed or self.search_failures:
@@ -199,6 +217,12 @@ class IngestSummary:
 
     def render(self) -> str:
         """A human-readable summary block."""
+        if self.slot_done_by:
+            return "\n".join([
+                f"ingest summary ({self.output})",
+                f"  schedule slot {self.slot} was already done by {self.slot_done_by}: nothing to do",
+                f"  exit status {self.exit_code}",
+            ])
         lines = [
             f"ingest summary ({self.output})",
             f"  items: {self.items_found} found, {self.items_skipped} already committed, {self.items_processed} "
@@ -210,6 +234,8 @@ class IngestSummary:
             f"({self.seconds:.1f} s total)",
         ]
         lines.extend(self._empty_lines())
+        if self.slot and self.exit_code in (EXIT_OK, EXIT_PARTIAL):
+            lines.append(f"  schedule slot {self.slot} done (a rerun of this slot does nothing)")
         if self.duplicates:
             lines.append(f"  duplicates: {self.duplicates} item ids listed more than once in the source (the last copy "
                          "was used; differing copies are in failures.parquet)")
@@ -291,6 +317,13 @@ def _validate(cfg: IngestConfig) -> None:
         raise ConfigError(f"--max-nodata is a percentage in [0, 100], got {cfg.max_nodata}.")
     if cfg.lease_ttl <= 0:
         raise ConfigError(f"--lease-ttl must be positive seconds, got {cfg.lease_ttl}.")
+    if cfg.lease_wait < 0:
+        raise ConfigError(f"--lease-wait must be 0 or more seconds, got {cfg.lease_wait}.")
+    if cfg.schedule_slot is not None:
+        try:
+            resolve_slot(cfg.schedule_slot, datetime.now(UTC))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if cfg.since not in (None, "auto"):
         try:
             parse_datetime(cfg.since, "--since")
@@ -565,7 +598,9 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
     _check_stride(cfg)
     overrides = nodata_overrides(cfg.nodata_override)
     start = time.perf_counter()
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    started = datetime.now(UTC)
+    run_id = started.strftime("%Y%m%dT%H%M%S%fZ")
+    slot = resolve_slot(cfg.schedule_slot, started) if cfg.schedule_slot is not None else None
     try:
         sensors = load_sensors(cfg.sensors)
     except (SensorConfigError, OSError) as err:
@@ -583,14 +618,60 @@ def run_ingest(cfg: IngestConfig) -> IngestSummary:
     )
     log.info("processing_version %s, dataset_version %s, output %s", pv, cfg.dataset_version, store.uri)
     owner = cfg.lease_owner or default_owner()
+    if slot is not None:
+        owner = owner if cfg.lease_owner else f"{owner}@{slot_id(slot)}"
+        log.info("schedule slot %s (--schedule-slot %s)", slot_id(slot), cfg.schedule_slot)
+        done = _slot_done(cfg, store, slot)  # before the lease: a finished slot need not wait for another run
+        if done is not None:
+            return done
     with contextlib.ExitStack() as stack:
         try:
-            lease = stack.enter_context(acquire_lease(store, owner, cfg.lease_ttl))
+            lease = stack.enter_context(acquire_lease(store, owner, cfg.lease_ttl, wait=cfg.lease_wait))
         except OSError as err:
             raise ConfigError(f"--output {store.uri} cannot be written ({type(err).__name__}: {err}); check the "
                               "path, its permissions or the S3 bucket and credentials.") from None
         log.info("lease on %s held by %r (generation %d)", store.uri, owner, lease.generation)
-        return _run_leased(cfg, store, sensors, pv, overrides, lease, run_id, start)
+        if slot is not None:
+            done = _slot_done(cfg, store, slot)  # again under the lease: a run of this slot may have just finished
+            if done is not None:
+                return done
+        summary = _run_leased(cfg, store, sensors, pv, overrides, lease, run_id, start)
+        if slot is not None:
+            lease.check()  # only the lease holder records the slot
+            _record_slot(cfg, store, slot, summary, lease.owner, run_id)
+        return summary
+
+
+def _slot_done(cfg: IngestConfig, store: OutputStore, slot: datetime) -> IngestSummary | None:
+    """The summary of a run that finds its schedule slot already done, else ``None``."""
+    try:
+        record = read_slot(store, cfg.dataset_version, slot)
+    except OSError as err:
+        raise ConfigError(f"--output {store.uri} cannot be read ({type(err).__name__}: {err}); check the path, its "
+                          "permissions or the S3 bucket and credentials.") from None
+    if record is None:
+        return None
+    log.info("schedule slot %s was already done by %s: nothing to do", slot_id(slot), record.describe())
+    return IngestSummary(output=store.uri, slot=slot_id(slot), slot_done_by=record.describe())
+
+
+def _record_slot(cfg: IngestConfig, store: OutputStore, slot: datetime, summary: IngestSummary, owner: str,
+                 run_id: str) -> None:
+    """Record the slot as done once its outputs are committed (a failed run leaves it to be retried)."""
+    summary.slot = slot_id(slot)
+    if summary.exit_code not in (EXIT_OK, EXIT_PARTIAL):
+        log.warning("schedule slot %s is not recorded as done: exit status %d", summary.slot, summary.exit_code)
+        return
+    record = SlotRecord(
+        slot=format_datetime(slot), dataset_version=cfg.dataset_version, owner=owner, run_id=run_id,
+        finished_at=format_datetime(datetime.now(UTC)), exit_code=summary.exit_code,
+        items_committed=summary.items_committed, items_failed=summary.items_failed,
+        chips_written=summary.chips_written,
+    )
+    if record_slot(store, record):
+        log.info("schedule slot %s recorded as done: %s", summary.slot, slot_path(cfg.dataset_version, slot))
+    else:  # only a run without the lease could have written it: keep the first record, say so
+        log.warning("schedule slot %s was recorded by another run meanwhile; its record is kept", summary.slot)
 
 
 def _run_leased(cfg: IngestConfig, store: OutputStore, sensors: Any, pv: str, overrides: Any, lease: Any,

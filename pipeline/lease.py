@@ -238,6 +238,9 @@ def acquire_lease(
     name: str = "ingest",
     renew_every: float | None = None,
     clock: Callable[[], float] = time.time,
+    wait: float = 0.0,
+    poll_every: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Lease]:
     """Hold the lease ``name`` on ``store`` for the block; released (and the heartbeat stopped) on exit.
 
@@ -249,14 +252,30 @@ def acquire_lease(
         name: what the lease guards; one output may hold several independent leases.
         renew_every: heartbeat period in seconds (default ``ttl / 3``; ``0`` disables the thread).
         clock: the time source (POSIX seconds).
+        wait: seconds to keep trying while another owner holds the lease (``0``: refuse at once).
+        poll_every: seconds between tries while waiting.
+        sleep: how to wait between tries.
 
     Raises:
-        LeaseHeldError: another owner holds a live lease; the message names it and its expiry.
+        LeaseHeldError: another owner holds a live lease (still, after ``wait``); the message names it and its expiry.
         OSError: the store cannot be written (the lease is the run's first write).
     """
     if ttl <= 0:
         raise ValueError(f"Lease ttl must be positive seconds, got {ttl}.")
-    lease = _acquire(store, owner, ttl, name, clock)
+    if wait < 0 or poll_every <= 0:
+        raise ValueError(f"Lease wait must be >= 0 and poll_every > 0 seconds, got {wait} and {poll_every}.")
+    deadline = clock() + wait
+    while True:
+        try:
+            lease = _acquire(store, owner, ttl, name, clock)
+            break
+        except LeaseHeldError as err:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                if wait > 0:
+                    raise LeaseHeldError(f"{err} Still held after waiting {wait:g} s.") from None
+                raise
+            sleep(min(poll_every, remaining))
     lease._renew_every = ttl / 3 if renew_every is None else renew_every
     lease.start_heartbeat()
     try:
@@ -272,8 +291,8 @@ def _acquire(store: OutputStore, owner: str, ttl: float, name: str, clock: Calla
         if newest is not None and newest.live(now) and newest.owner != owner and not _holder_died(newest):
             raise LeaseHeldError(
                 f"Output {store.uri} is being written by another run: {newest.describe()}. Wait for it to finish "
-                f"(or for the lease to expire if it crashed), or write to another --output. Lease files: "
-                f"{lease_dir(name)}/."
+                f"(--lease-wait SECONDS waits here; a crashed holder's lease expires), or write to another --output. "
+                f"Lease files: {lease_dir(name)}/."
             )
         generation = 1 if newest is None else newest.generation + 1
         record = LeaseRecord(name=name, owner=owner, generation=generation, acquired_at=now, renewed_at=now,

@@ -8,6 +8,7 @@ Layout of an ingest output (a local directory or ``s3://bucket/prefix``)::
     snapshots/{run_id}.ndjson                                   the search results one run worked from
     state/lease/ingest/{generation}.json                       the output's lease (pipeline/lease.py)
     state/processing_version/{dataset_version}.json             the processing version a dataset version is pinned to
+    state/schedule/{dataset_version}/{slot}.json                a finished schedule slot (pipeline/schedule.py)
     index.parquet  failures.parquet  dataset.json               rebuilt from the manifests at the end of every run
 
 **Commit protocol.** A shard exists only once its manifest is written: the actor writes the shard (atomically), then
@@ -572,7 +573,9 @@ class _IndexWriter:
 
 def _geo_metadata(table: pa.Table | None, bbox: Sequence[float] | None = None) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata: WKB polygons in OGC:CRS84 with a bbox covering column."""
-    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"], "crs": _crs84_projjson()}
+    column: dict[str, Any] = {
+        "encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"], "crs": _crs84_projjson()
+    }
     if table is not None and table.num_rows:
         box = table.column("bbox").combine_chunks()
         bbox = [

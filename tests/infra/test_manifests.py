@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from infra import kuberay_rules
+from infra import kuberay_rules, slot_rules
 from infra.validate import validate_builtin, validate_custom_resource, validate_documents
 from tests.infra.conftest import (
     INFRA,
@@ -367,7 +367,8 @@ def _entrypoint(spec: Mapping[str, Any]) -> list[str]:
     [
         ("rayjob-pretrain.yaml", "jobs/pretrain.py", ["--config", "--data", "--storage-path", "--run-name"]),
         ("rayjob-finetune.yaml", "jobs/finetune.py", ["--task", "--data", "--pretrained", "--output"]),
-        ("rayjob-ingest.yaml", "jobs/ingest.py", ["--config", "--stac-api", "--since", "--output", "--workers"]),
+        ("rayjob-ingest.yaml", "jobs/ingest.py",
+         ["--config", "--stac-api", "--since", "--output", "--workers", "--schedule-slot", "--lease-wait"]),
     ],
 )
 def test_entrypoints_run_the_job_clis_with_flags_they_accept(name: str, script: str, flags: list[str]) -> None:
@@ -395,6 +396,53 @@ def test_scheduled_ingest_is_the_same_job_under_both_schedulers() -> None:
     cron = manifest("cronjob-ingest.yaml", "CronJob")["spec"]
     assert cron["schedule"] == manifest("raycronjob-ingest.yaml")["spec"]["schedule"]
     assert cron["timeZone"] == manifest("raycronjob-ingest.yaml")["spec"]["timeZone"]
+
+
+def test_both_schedulers_name_each_run_after_its_own_slot() -> None:
+    """`--schedule-slot every:6h` is the schedules' own period in UTC, so a run's slot is its tick (docs/operations.md
+    §Scheduled ingestion); the lease wait ends well before the run's deadline."""
+    entrypoint = manifest("rayjob-ingest.yaml")["spec"]["entrypoint"]
+    assert slot_rules.schedule_slot_flag(entrypoint) == "every:6h"
+    words = shlex.split(entrypoint)
+    wait = float(words[words.index("--lease-wait") + 1])
+    assert 0 < wait < manifest("rayjob-ingest.yaml")["spec"]["activeDeadlineSeconds"] / 4
+    for name, kind in (("raycronjob-ingest.yaml", "RayCronJob"), ("cronjob-ingest.yaml", "CronJob")):
+        spec = manifest(name, kind)["spec"]
+        assert slot_rules.check_schedule_slot(spec["schedule"], spec["timeZone"], entrypoint, name) == [], name
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"schedule": "0 * * * *"}, "fires at the start of every 6h UTC period (00:00, 06:00, 12:00, ...)"),
+        ({"schedule": "30 */6 * * *"}, "'30 */6 * * *' does not"),
+        ({"schedule": "0 */6 * * mon-fri"}, "'0 */6 * * mon-fri' does not"),
+        ({"timeZone": "Europe/Berlin"}, "names UTC periods; set timeZone: Etc/UTC (got 'Europe/Berlin')"),
+        ({"slot": "2026-11-23T06:00:00Z"}, "is one fixed slot: every scheduled run after the first"),
+        ({"slot": "every:7h"}, "the period must be minutes, hours or 1d dividing a day evenly"),
+    ],
+)
+def test_a_schedule_that_disagrees_with_its_slot_period_is_refused(
+    change: dict[str, str], fragment: str, crd_schemas: Mapping[str, Mapping[str, Any]]
+) -> None:
+    document = manifest("raycronjob-ingest.yaml")
+    spec = document["spec"]
+    spec.update({k: v for k, v in change.items() if k != "slot"})
+    if "slot" in change:
+        spec["jobTemplate"]["entrypoint"] = spec["jobTemplate"]["entrypoint"].replace("every:6h", change["slot"])
+    messages = [str(v) for v in validate_custom_resource(document, crd_schemas["RayCronJob"])]
+    assert any(fragment in m and "spec.jobTemplate.entrypoint" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("schedule", "slot"),
+    [("0 */6 * * *", "every:6h"), ("0 0,6,12,18 * * *", "every:6h"), ("@hourly", "every:1h"),
+     ("*/15 * * * *", "every:15m"), ("@daily", "every:1d"), ("0 0-23/8 * * *", "every:8h")],
+)
+def test_schedules_that_match_their_slot_period(schedule: str, slot: str) -> None:
+    entrypoint = f"python jobs/ingest.py --since auto --schedule-slot {slot}"
+    assert slot_rules.check_schedule_slot(schedule, "Etc/UTC", entrypoint, "spec") == []
+    assert slot_rules.check_schedule_slot(schedule, "UTC", f"python jobs/ingest.py --schedule-slot={slot}", "s") == []
 
 
 def test_the_fallback_cronjob_is_exclusive_least_privilege_and_outlives_its_rayjob() -> None:

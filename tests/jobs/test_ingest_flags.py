@@ -36,6 +36,9 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
                                                                             r"the searched collections: vh, vv"),
         (["--work", "5"], r"unknown argument\(s\) \['--work', '5'\]"),  # never silently --workers
         (["--lease-ttl", "0"], r"--lease-ttl must be positive"),
+        (["--lease-wait", "-1"], r"--lease-wait must be 0 or more seconds, got -1.0"),
+        (["--schedule-slot", "every:7h"], r"every:7h: the period must .* dividing a day evenly .* '0 \*/6 \* \* \*'"),
+        (["--schedule-slot", "tomorrow"], r"--schedule-slot 'tomorrow' is not an RFC 3339 .* Or pass every:PERIOD"),
     ],
 )
 def test_bad_flags_exit_2(flags: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

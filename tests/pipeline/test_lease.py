@@ -102,6 +102,44 @@ def test_same_owner_takes_over_its_own_live_lease(store: OutputStore) -> None:
         assert lease.generation == 2
 
 
+def test_a_waiting_run_gets_the_lease_when_the_holder_releases_it(store: OutputStore) -> None:
+    """``wait``: a scheduled run that overlaps the end of the previous one waits instead of exiting."""
+    clock = Clock()
+    holder = acquire_lease(store, "slot-0600", ttl=600, clock=clock, renew_every=0)
+    holder.__enter__()
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the holder finishes during the third nap
+        naps.append(seconds)
+        clock.now += seconds
+        if len(naps) == 3:
+            holder.__exit__(None, None, None)
+
+    with acquire_lease(store, "slot-1200", ttl=600, clock=clock, renew_every=0, wait=60, poll_every=10,
+                       sleep=sleep) as lease:
+        assert (lease.owner, lease.generation) == ("slot-1200", 2)
+    assert naps == [10, 10, 10]
+
+
+def test_a_waiting_run_gives_up_after_its_wait(store: OutputStore) -> None:
+    clock = Clock()
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        clock.now += seconds
+
+    with acquire_lease(store, "slot-0600", ttl=600, clock=clock, renew_every=0):
+        with pytest.raises(LeaseHeldError, match=r"owner 'slot-0600' .* Still held after waiting 25 s\."):
+            with acquire_lease(store, "slot-1200", ttl=600, clock=clock, renew_every=0, wait=25, poll_every=10,
+                               sleep=sleep):
+                pass
+    assert naps == [10, 10, 5]  # never past the deadline
+    with pytest.raises(ValueError, match="wait must be >= 0"):
+        with acquire_lease(store, "x", wait=-1):
+            pass
+
+
 def test_racing_runs_get_exactly_one_lease(tmp_path: Path) -> None:
     """Six threads race for a local lease (os.link is atomic): one wins, five are refused naming the winner."""
     store = OutputStore.open(str(tmp_path))
