@@ -484,8 +484,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
                  len(plan.train_keys) + len(plan.val_keys), split_nbytes(plan) / 1e6)
         datasets = build_split_datasets(plan, materialize=True)  # [9] decoded once, shared by all trials
     fixed = {"datasets": datasets, "data": plan.to_dict(), "settings": asdict(settings), "hp": fixed_hp,
-             "use_gpu": use_gpu, "num_workers": cfg.num_workers, "cpus_per_worker": cfg.cpus_per_worker, "metric": metric,
-             "run_name": cfg.run_name, "storage": storage, "pretrained_blob": blob_ref}
+             "use_gpu": use_gpu, "num_workers": cfg.num_workers, "cpus_per_worker": cfg.cpus_per_worker,
+             "metric": metric, "run_name": cfg.run_name, "storage": storage, "pretrained_blob": blob_ref}
     trainable = tune.with_resources(tune.with_parameters(trial_fn, fixed=fixed),
                                     {"cpu": cfg.trial_cpus})  # [5] the trial actor; its workers reserve their own
     scheduler = ASHAScheduler(  # [6] early stopping: at each rung keep the best 1/reduction_factor
@@ -495,8 +495,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         trainable,
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=cfg.num_samples, scheduler=scheduler,
-                                    search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrent),
-                                    max_concurrent_trials=concurrent),
+                                    search_alg=BasicVariantGenerator(random_state=cfg.seed,
+                                                                     max_concurrent=concurrent)),
         run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage[0], storage_filesystem=storage[1]),
     )
     log.info("searching %s over %s (fixed %s): %d sample(s), up to %d trial(s) at once, each %d %s worker(s) "

@@ -75,8 +75,8 @@ def derive_ponds(landcover_tif: Path, out_geojson: Path, *, min_pixels: int = 12
         if window is None or not min_pixels <= sizes[label] <= max_pixels:
             continue
         rows, cols = window
-        x0, y0 = transform * (cols.start, rows.stop)  # bottom-left corner in metres
-        x1, y1 = transform * (cols.stop, rows.start)  # top-right corner
+        x0, y0 = transform @ (cols.start, rows.stop)  # bottom-left corner in metres
+        x1, y1 = transform @ (cols.stop, rows.start)  # top-right corner
         (lon0, lon1), (lat0, lat1) = to_wgs84.transform([x0, x1], [y0, y1])
         ring = [[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]
         features.append({"type": "Feature", "properties": {"kind": "pond", "pixels": int(sizes[label])},

@@ -8,6 +8,7 @@ epochs on 2 workers.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -83,8 +84,8 @@ def labelled(tmp_path_factory: pytest.TempPathFactory, ray_local: Any) -> Path:
     to_lonlat = Transformer.from_crs(crs, "OGC:CRS84", always_xy=True)
     features = []
     for col, row in [(5, 5), (40, 12), (70, 70), (100, 30), (20, 90)]:  # 8 x 8 px boxes
-        x0, y1 = transform * (col, row)
-        x1, y0 = transform * (col + 8, row + 8)
+        x0, y1 = transform @ (col, row)
+        x1, y0 = transform @ (col + 8, row + 8)
         (lon0, lon1), (lat0, lat1) = to_lonlat.transform([x0, x1], [y0, y1])
         features.append({"type": "Feature", "properties": {"kind": "ship"}, "geometry": {"type": "Polygon",
                          "coordinates": [[[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]]}})
@@ -104,12 +105,17 @@ def _run(data: Path, out: Path, task: str, *extra: str) -> int:
 
 
 def _check_outputs(out: Path, task: str, metric: str) -> list[dict[str, str]]:
-    rows = list(csv.DictReader((out / "results.csv").open()))
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert len(rows) == 2 and {r["lr"] for r in rows} == {"0.003", "1e-07"}
     assert all(r["status"] == "TERMINATED" for r in rows), rows
     model, meta = rsvheat.load_checkpoint(out / "best.pt")
     assert meta["task"]["task"] == task and meta["extra"]["finetune"]["labels"] == task
     assert meta["bands"] and meta["stats_hash"]
+    (stem, bands), = meta["bands"].items()
+    x = torch.zeros(1, len(bands), 32, 32)
+    with torch.no_grad():
+        outputs = model(x, x, modality=stem) if task == "change" else model(x, modality=stem)
+    assert outputs is not None  # the exported model runs as rebuilt from its own metadata
     item = json.loads((out / "best.json").read_text())
     assert item["properties"]["rsvheat:metrics"][metric] == pytest.approx(float(rows[0][metric]))
     assert item["assets"]["weights"]["file:size"] == (out / "best.pt").stat().st_size
