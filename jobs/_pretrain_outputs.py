@@ -34,13 +34,13 @@ MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 
 
-def metrics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``rows`` (one per logged step) as CSV text with :data:`METRIC_COLUMNS` in that order."""
+def metrics_csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """``rows`` (one per logged step) as CSV text with ``columns`` (default :data:`METRIC_COLUMNS`) in that order."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
     return buffer.getvalue()
 
 
@@ -61,70 +61,22 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    return [lo + (hi - lo) * i / (count - 1) for i in range(count)]
-
-
-def plot_loss_png(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Draw the loss and its terms over steps with PIL (axes, ticks, legend) and save a PNG.
+def plot_loss_png(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "",
+                  terms: Sequence[str] = ("spa", "fre", "con")) -> Path:
+    """Draw the loss and its ``terms`` over steps (:func:`rsvheat.plot.line_plot_png`) and save a PNG.
 
     Raises:
         ValueError: no row has a finite loss.
     """
-    from PIL import Image, ImageDraw
+    from rsvheat.plot import Series, line_plot_png
 
-    series = {key: [(r["step"], float(r[key])) for r in rows if _finite(r.get(key))] for key in
-              ("loss", "spa", "fre", "con")}
-    if not series["loss"]:
+    if not any(_finite(r.get("loss")) for r in rows):
         raise ValueError(f"No finite loss in {len(rows)} metric rows; nothing to plot for {path}.")
-    colors = {"loss": (20, 20, 20), "spa": (31, 119, 180), "fre": (44, 160, 44), "con": (214, 39, 40)}
-    width, height, left, right, top, bottom = 900, 500, 80, 130, 40, 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    points = [p for s in series.values() for p in s]
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1.0
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def xy(step: float, value: float) -> tuple[float, float]:
-        px = left + (step - x0) / (x1 - x0) * (width - left - right)
-        py = height - bottom - (value - y0) / (y1 - y0) * (height - top - bottom)
-        return px, py
-
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for tick in _ticks(y0, y1):
-        _, py = xy(x0, tick)
-        draw.line([left - 5, py, left, py], fill="black")
-        draw.text((8, py - 6), f"{tick:.3g}", fill="black")
-    for tick in _ticks(x0, x1):
-        px, _ = xy(tick, y0)
-        draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
-        draw.text((px - 10, height - bottom + 8), f"{round(tick)}", fill="black")
-    draw.text(((width - right + left) / 2 - 15, height - 25), "step", fill="black")
-    draw.text((left, 12), title or "pretraining loss", fill="black")
-    for i, (key, pts) in enumerate(series.items()):
-        if not pts:
-            continue
-        coords = [xy(s, v) for s, v in pts]
-        if len(coords) > 1:
-            draw.line(coords, fill=colors[key], width=3 if key == "loss" else 1)
-        else:
-            cx, cy = coords[0]
-            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colors[key])
-        ly = top + 10 + 18 * i
-        draw.line([width - right + 10, ly + 6, width - right + 35, ly + 6], fill=colors[key], width=3)
-        draw.text((width - right + 40, ly), key, fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
-    return path
+    palette = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (255, 127, 14)]
+    colors = {"loss": (20, 20, 20), **{t: palette[i % len(palette)] for i, t in enumerate(terms)}}
+    series = {key: Series([(r["step"], float(r[key])) for r in rows if _finite(r.get(key))], color,
+                          width=3 if key == "loss" else 1) for key, color in colors.items()}
+    return line_plot_png(series, path, title=title or "pretraining loss", xlabel="step")
 
 
 def _finite(value: Any) -> bool:

@@ -7,6 +7,8 @@ Examples::
         --collection bigearthnet-s2-l2a
     # a land-cover GeoTIFF co-registered to every chip it covers (nearest; a total class remap)
     python jobs/labels.py raster --data out/demo --name worldcover --raster wc.tif --remap worldcover.yaml
+    # noisy labels from each chip's own bands: spectral-index rules (pipeline/label_rules.yaml, or your copy)
+    python jobs/labels.py rules --data out/demo --name rules-noisy --rules my_rules.yaml --max-ignored 0.5
     # bi-temporal pairs of repeat acquisitions (same grid cell), optionally with a change-mask raster
     python jobs/labels.py pairs --data out/s2 --name pairs --collection sentinel-2-l2a --max-days 60
     # object boxes from GeoJSON (CRS84) as clipped pixel boxes per chip
@@ -28,6 +30,7 @@ import argparse
 from collections.abc import Sequence
 
 from pipeline.errors import LabelError
+from pipeline.label_rules import DEFAULT_RULES, write_rule_labels
 from pipeline.labels import (
     LabelSet,
     write_box_labels,
@@ -52,12 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     scene.add_argument("--single-label", action="store_true", help="one class per chip (default: multi-hot)")
     scene.add_argument("--classes", nargs="+", help="class list in index order (default: values found, sorted)")
     raster = kinds.add_parser("raster", parents=[common], allow_abbrev=False, help="a class raster per chip")
-    raster.add_argument("--raster", required=True, help="GeoTIFF/COG of class values (local, http(s) or s3://)")
+    raster.add_argument("--raster", required=True,
+                        help="GeoTIFF/COG of class values, or a STAC item JSON (local, http(s) or s3://)")
+    raster.add_argument("--asset", help="asset key of the class raster when --raster is a STAC item")
     group = raster.add_mutually_exclusive_group(required=True)
     group.add_argument("--remap", help="YAML: classes: [...] and remap: {value: class | ignore} (must be total)")
     group.add_argument("--classes", nargs="+", help="class list when the raster already holds indices 0..K-1")
     raster.add_argument("--noisy", action="store_true", help="mark the labels noisy (e.g. a land-cover product)")
     raster.add_argument("--derived", action="store_true", help="mark the labels derived by a rule")
+    raster.add_argument("--max-ignored", type=float, help="drop chips with a larger fraction of ignored pixels")
+    rules = kinds.add_parser("rules", parents=[common], allow_abbrev=False, help="spectral-index rules per chip")
+    rules.add_argument("--rules", default=str(DEFAULT_RULES), help="rules YAML (default: pipeline/label_rules.yaml)")
+    rules.add_argument("--max-ignored", type=float, default=0.5,
+                       help="drop chips with a larger fraction of ignored pixels (default 0.5)")
     pairs = kinds.add_parser("pairs", parents=[common], allow_abbrev=False, help="bi-temporal pairs of one cell")
     pairs.add_argument("--change-raster", help="raster: 1 changed, 0 unchanged, nodata unknown")
     pairs.add_argument("--max-days", type=float, help="largest gap between the two dates")
@@ -77,7 +87,11 @@ def _run(args: argparse.Namespace) -> LabelSet:
                                       classes=args.classes, **common)
         case "raster":
             return write_raster_labels(args.data, args.name, raster=args.raster, classes=args.classes,
-                                       remap_file=args.remap, noisy=args.noisy, derived=args.derived, **common)
+                                       remap_file=args.remap, noisy=args.noisy, derived=args.derived,
+                                       max_ignored=args.max_ignored, asset=args.asset, **common)
+        case "rules":
+            return write_rule_labels(args.data, args.name, rules_file=args.rules, max_ignored=args.max_ignored,
+                                     **common)
         case "pairs":
             if args.collection is None:
                 raise LabelError("pairs need --collection: a pair joins two dates of one sensor")

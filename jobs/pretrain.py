@@ -1,9 +1,14 @@
-"""Self-supervised pretraining on Ray Train: ingest outputs → per-sensor streams → TorchTrainer → encoder.pt.
+"""Pretraining on Ray Train: ingest outputs → per-sensor streams → TorchTrainer → encoder.pt.
+
+Two objectives (``--objective``): ``ssl``, the RS-vHeat self-supervised recipe (``rsvheat.ssl``), and
+``noisy-labels``, task-specific pretraining of encoder + segmentation head on a noisy label set
+(``jobs/_noisy_objective.py``, docs/noisy-pretraining.md); both export the encoder alone.
 
 Run locally or on a cluster::
 
     python jobs/pretrain.py --config jobs/configs/pretrain_sample.yaml
     python jobs/pretrain.py --smoke-test --output /tmp/pt            # ingests .cache/samples first, 2 CPU workers
+    python jobs/pretrain.py --objective noisy-labels --labels rules --data out/demo --output out/noisy
     ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain_sample.yaml \
         --samples $PWD/.cache/samples/catalog.json --output $PWD/out/pretrain-sample --storage-path $PWD/out/runs
     ray job submit --working-dir . -- python jobs/pretrain.py --data s3://bucket/datasets/s2 s3://bucket/datasets/s1 \
@@ -49,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from jobs import _noisy_objective as noisy
 from jobs._config import ConfigError, config_from_dict, parse_config, to_dict
 from jobs._pretrain_data import (
     FeedPlan,
@@ -61,6 +67,7 @@ from jobs._pretrain_data import (
     plan_to_dict,
 )
 from jobs._pretrain_outputs import (
+    METRIC_COLUMNS,
     combined_stats_hash,
     metrics_csv_text,
     mlm_item,
@@ -86,7 +93,10 @@ STATE_FILE, METRICS_FILE, CONFIG_FILE = "state.pt", "metrics.csv", "pretrain_con
 STATE_FORMAT = "rsvheat.pretrain-state"
 # Keys that define the model or the data: a resumed run must keep them (docs/pretrain-job.md "Resume").
 RESUME_LOCKED = ("model", "model_kwargs", "img_size", "fuse_at", "con_mode", "masking", "data", "collections",
-                 "pairing")
+                 "pairing", "objective", "labels", "clean_labels", "val_fraction")
+TERMS = {"ssl": ("spa", "fre", "con"), "noisy-labels": noisy.TERMS}  # loss terms logged per objective
+COLUMNS = {"ssl": METRIC_COLUMNS, "noisy-labels": ("step", "loss", *noisy.TERMS, "val_miou", "clean_miou",
+                                                   *METRIC_COLUMNS[METRIC_COLUMNS.index("lr"):])}
 DEFAULT_SAMPLES = ".cache/samples/catalog.json"
 
 
@@ -124,6 +134,20 @@ class PretrainConfig:
     con_mode: Literal["infonce", "cosine"] = field(default="infonce", metadata={"help": "form of L_con"})
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature"})
     grad_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward"})
+    # Noisy-label objective (docs/noisy-pretraining.md)
+    objective: Literal["ssl", "noisy-labels"] = field(
+        default="ssl", metadata={"help": "ssl (RS-vHeat) or noisy-labels (encoder + segmentation head on --labels)"}
+    )
+    labels: str | None = field(default=None, metadata={"help": "noisy segmentation label set of every --data"})
+    clean_labels: str | None = field(
+        default=None, metadata={"help": "clean label set: its chips are held out and scored (clean-validation mIoU)"}
+    )
+    val_fraction: float = field(default=0.1, metadata={"help": "share of grid cells held out for noisy validation"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "CE label smoothing (e.g. 0.1)"})
+    small_loss_drop: float = field(
+        default=0.0, metadata={"help": "share of each batch's largest-loss chips left out (small-loss selection)"}
+    )
+    dice_weight: float = field(default=1.0, metadata={"help": "weight of the Dice term (CE + w * Dice)"})
     # Optimisation
     batch_size: int = field(default=8, metadata={"help": "chips per worker and micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
@@ -224,6 +248,17 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"--fuse-at {list(cfg.fuse_at)} must be stages among 1 2 3 4.")
     parse_pairs(cfg.model_kwargs, "model_kwargs")
     parse_pairs(cfg.masking, "masking")
+    if cfg.objective == "noisy-labels":
+        if not cfg.labels:
+            raise ConfigError("--objective noisy-labels needs --labels NAME, a segmentation label set of every --data "
+                              "(build one with `python jobs/labels.py rules --data DIR --name NAME`).")
+        if not 0 <= cfg.val_fraction <= 0.5 or not 0 <= cfg.label_smoothing < 1 or not 0 <= cfg.small_loss_drop < 1:
+            raise ConfigError(
+                f"--val-fraction must be in [0, 0.5], --label-smoothing and --small-loss-drop in [0, 1); got "
+                f"{cfg.val_fraction}, {cfg.label_smoothing}, {cfg.small_loss_drop}."
+            )
+        if cfg.dice_weight < 0:
+            raise ConfigError(f"--dice-weight must be >= 0, got {cfg.dice_weight}.")
 
 
 def public_config(cfg: PretrainConfig) -> dict[str, Any]:
@@ -241,17 +276,26 @@ def public_config(cfg: PretrainConfig) -> dict[str, Any]:
 
 def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Dataset]]:
     """The feed plan (stems, streams, pairs) and one Ray Dataset per stream (docs/pretrain-job.md "Data")."""
+    labelled = cfg.objective == "noisy-labels"
     plan = plan_feed(
-        cfg.data, collections=cfg.collections, pairing=cfg.pairing,
+        cfg.data, collections=cfg.collections, pairing=cfg.pairing and not labelled,
         pair_window=timedelta(hours=cfg.pair_window_hours), min_iou=cfg.pair_min_iou, s3_endpoint=cfg.s3_endpoint,
     )
+    if labelled:  # the labelled chips of each stream, split into training and validation
+        plan, split = noisy.plan_noisy(plan, labels=str(cfg.labels), clean_labels=cfg.clean_labels,
+                                       val_fraction=cfg.val_fraction, seed=cfg.seed, s3_endpoint=cfg.s3_endpoint)
     plan = drop_small_streams(plan, world_size=cfg.num_workers, batch_size=cfg.batch_size)
     for name, why in plan.excluded.items():
         log.warning("stream %s left out: %s", name, why)
     for name, stream in plan.streams.items():
         p = plan.weights[name] if cfg.stream_sampling == "proportional" else 1 / len(plan.streams)
         log.info("stream %-32s %6d %s, p=%.3f", name, stream.rows, "pairs" if len(stream.stems) == 2 else "chips", p)
-    return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint)
+    if not labelled:
+        return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint)
+    split = replace(split, train={n: split.train[n] for n in plan.streams})  # streams too small to train dropped
+    plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
+    log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})
+    return plan, noisy.build_noisy_datasets(plan, split, s3_endpoint=cfg.s3_endpoint)
 
 
 def to_inputs(batch: Mapping[str, torch.Tensor], stems: Sequence[str], device: torch.device
@@ -276,11 +320,16 @@ def to_inputs(batch: Mapping[str, torch.Tensor], stems: Sequence[str], device: t
 
 
 def build_pretrainer(cfg: PretrainConfig, plan: FeedPlan) -> nn.Module:
-    """The RS-vHeat pretraining wrapper over ``cfg.model`` with one stem per sensor of the plan."""
+    """The model the objective trains over ``cfg.model``, one stem per sensor of the plan: the RS-vHeat pretraining
+    wrapper (``ssl``), or the segmentation task model (``noisy-labels``)."""
     from rsvheat.ssl import build_pretrainer as build
 
     kwargs = {"img_size": cfg.img_size or max(s.chip_shape[1] for s in plan.stems.values()),
               **parse_pairs(cfg.model_kwargs, "model_kwargs")}
+    if cfg.objective == "noisy-labels":
+        classes = plan.lineage["noisy"]["classes"]
+        return noisy.build_task_model(plan, model=cfg.model, num_classes=len(classes), img_size=kwargs.pop("img_size"),
+                                      model_kwargs=kwargs)
     return build(
         cfg.model, plan.in_chans, backbone_kwargs=kwargs, masking=parse_pairs(cfg.masking, "masking") or None,
         fuse_at=tuple(cfg.fuse_at), loss_weights=None if cfg.loss_weights is None else {
@@ -338,7 +387,7 @@ def save_state(directory: Path, *, model: nn.Module, optimizer: Any, scheduler: 
         "config": dict(config),
     }
     torch.save(state, directory / STATE_FILE)
-    (directory / METRICS_FILE).write_text(metrics_csv_text(history))
+    (directory / METRICS_FILE).write_text(metrics_csv_text(history, COLUMNS[config.get("objective", "ssl")]))
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
@@ -395,11 +444,22 @@ def _progress(row: Mapping[str, Any], cfg: PretrainConfig, started: float, first
     done = row["step"] - first
     rate = (time.perf_counter() - started) / max(done, 1)
     eta = timedelta(seconds=round(rate * (cfg.max_steps - row["step"])))
+    terms = " ".join(f"{k} {row[k]:.4f}" for k in TERMS[cfg.objective])
+    scores = "".join(f" {k} {row[k]:.4f}" for k in ("val_miou", "clean_miou") if math.isfinite(row.get(k, math.nan)))
     return (
-        f"step {row['step']}/{cfg.max_steps} loss {row['loss']:.4f} (spa {row['spa']:.4f} fre {row['fre']:.4f} "
-        f"con {row['con']:.4f}) lr {row['lr']:.2e} {row['chips_per_s']:.1f} chips/s data-wait "
-        f"{100 * row['data_wait']:.1f}% [{row['stream']}] eta {eta}"
+        f"step {row['step']}/{cfg.max_steps} loss {row['loss']:.4f} ({terms}){scores} lr {row['lr']:.2e} "
+        f"{row['chips_per_s']:.1f} chips/s data-wait {100 * row['data_wait']:.1f}% [{row['stream']}] eta {eta}"
     )
+
+
+def objective_step(model: nn.Module, cfg: PretrainConfig, batch: Mapping[str, torch.Tensor], stems: Sequence[str],
+                   device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One micro-batch of the objective: ``loss`` (with gradient) and its detached terms (:data:`TERMS`)."""
+    if cfg.objective == "noisy-labels":
+        return noisy.noisy_step(model, batch, stems[0], device, label_smoothing=cfg.label_smoothing,
+                                dice_weight=cfg.dice_weight, drop_fraction=cfg.small_loss_drop)
+    inputs, valid = to_inputs(batch, stems, device)
+    return model(inputs, valid, generator=generator)  # type: ignore[no-any-return]
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -449,6 +509,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     names = list(plan.streams)
     weights = [plan.weights[n] if cfg.stream_sampling == "proportional" else 1.0 for n in names]
     shards = {name: ray.train.get_dataset_shard(name) for name in names}  # [3] this worker's slice of each stream
+    terms = TERMS[cfg.objective]
+    if cfg.objective == "noisy-labels":
+        classes, val_names, val_stems = noisy.noisy_from_summary(plan.lineage["noisy"])
+        val_shards = {name: ray.train.get_dataset_shard(name) for name in val_names}  # [3] ... and of validation
     feed = StreamFeed(shards, batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                       prefetch_batches=cfg.prefetch_batches, position=position, device=device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
@@ -460,7 +524,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         maybe_inject_kill(cfg, step_no, rank, world)
         t_start = time.perf_counter()
         wait = 0.0
-        sums = {"loss": 0.0, "spa": 0.0, "fre": 0.0, "con": 0.0}
+        sums = dict.fromkeys(("loss", *terms), 0.0)
         chips = 0
         used = []
         optimizer.zero_grad(set_to_none=True)
@@ -470,7 +534,6 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             batch = feed.next(name)
             wait += time.perf_counter() - t0
-            inputs, valid = to_inputs(batch, plan.streams[name].stems, device)
             generator = torch.Generator(device=device)
             generator.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096 + rank)
             last = micro == cfg.grad_accum - 1
@@ -478,11 +541,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 model.no_sync())
             with sync:
                 with autocast:
-                    out = model(inputs, valid, generator=generator)
+                    out = objective_step(model, cfg, batch, plan.streams[name].stems, device, generator)
                 (out["loss"] / cfg.grad_accum).backward()
             for key in sums:
                 sums[key] += float(torch.as_tensor(out[key]).detach().float()) / cfg.grad_accum
-            chips += next(iter(inputs.values())).shape[0]
+            chips += batch["image"].shape[0]
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -491,18 +554,20 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_s = time.perf_counter() - t_start
-        loss, spa, fre, con, wait_mean, step_mean = _mean_across_ranks(
-            [sums["loss"], sums["spa"], sums["fre"], sums["con"], wait, step_s], device)
+        *means, wait_mean, step_mean = _mean_across_ranks([*sums.values(), wait, step_s], device)
         row = {
-            "step": step_no, "loss": loss, "spa": spa, "fre": fre, "con": con, "lr": lr,
+            "step": step_no, **dict(zip(sums, means, strict=True)), "lr": lr,
             "chips_per_s": chips * world / step_mean, "data_wait": wait_mean / step_mean, "stream": ",".join(used),
             "step_s": step_mean,
         }
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {step_no} (stream {row['stream']}); lower --lr.")
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss is {row['loss']} at step {step_no} (stream {row['stream']}); lower --lr.")
+        due = step_no % cfg.checkpoint_every == 0 or step_no == cfg.max_steps
+        if due and cfg.objective == "noisy-labels":  # validation mIoU with every checkpoint (all ranks take part)
+            row.update(noisy.evaluate(_core(model), val_shards, val_stems, len(classes),
+                                      batch_size=cfg.batch_size, device=device))
         history.append(row)
         metrics = {k: v for k, v in row.items()}
-        due = step_no % cfg.checkpoint_every == 0 or step_no == cfg.max_steps
         if not due:
             ray.train.report(metrics)  # [4] metrics every step (a barrier across workers)
         else:
@@ -625,6 +690,7 @@ def train_driver_fn(cfg: PretrainConfig, public: Mapping[str, Any]) -> tuple[Any
     )
     trainer = TorchTrainer(  # [7] one train_fn_per_worker per worker, gloo on CPU, nccl on GPU
         train_fn_per_worker,
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(plan.streams)),  # validation sets stay whole
         train_loop_config={"cfg": to_dict(cfg), "public_cfg": dict(public), "plan": plan_to_dict(plan)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling,
@@ -640,16 +706,18 @@ def train_driver_fn(cfg: PretrainConfig, public: Mapping[str, Any]) -> tuple[Any
 
 
 def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Path]:
-    """Write ``encoder.pt``, ``encoder.json``, ``metrics.csv`` and ``loss.png`` to ``--output`` from a checkpoint."""
+    """Write ``encoder.pt``, ``encoder.json``, ``metrics.csv`` and ``loss.png`` to ``--output`` from a checkpoint;
+    with ``--objective noisy-labels`` also ``model_full.pt``, the whole segmentation model kept for analysis."""
     import torch
 
+    import rsvheat
     from rsvheat.ssl import export_encoder
 
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as directory:
         state, history = load_state(Path(directory))
-    (output / METRICS_FILE).write_text(metrics_csv_text(history))
+    (output / METRICS_FILE).write_text(metrics_csv_text(history, COLUMNS[cfg.objective]))
     pretrainer = build_pretrainer(cfg, plan)
     pretrainer.load_state_dict(state["model"])
     per_stem_hash = {n: s.stats_hash for n, s in plan.stems.items()}
@@ -660,9 +728,21 @@ def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Pa
     bands = {n: list(s.bands) for n, s in plan.stems.items()}
     encoder_path = output / "encoder.pt"
     versions = sorted({str(d.get("dataset_version")) for d in plan.lineage.get("datasets", [])})
-    export_encoder(pretrainer, encoder_path, bands=bands, stats=stats, lineage=lineage, step=int(state["step"]),
-                   dataset_version="+".join(versions) or None,
-                   metrics={k: float(history[-1][k]) for k in ("loss", "spa", "fre", "con")} if history else None)
+    metrics = {k: float(history[-1][k]) for k in ("loss", *TERMS[cfg.objective])} if history else None
+    scored = [r for r in history if isinstance(r.get("val_miou"), float)]
+    if metrics is not None and scored:
+        metrics.update({k: float(scored[-1][k]) for k in ("val_miou", "clean_miou") if k in scored[-1]})
+    extra: dict[str, Any] = {"objective": cfg.objective}
+    if cfg.objective == "noisy-labels":
+        extra["task"] = pretrainer.task_config  # the pretraining head, which transfer leaves behind
+        extra["classes"] = list(plan.lineage["noisy"]["classes"])
+    common = {"bands": bands, "stats": stats, "step": int(state["step"]), "dataset_version": "+".join(versions) or None,
+              "metrics": metrics}
+    export_encoder(pretrainer, encoder_path, lineage=lineage, extra=extra, **common)
+    outputs = ["encoder.pt", "encoder.json", METRICS_FILE, "loss.png"]
+    if cfg.objective == "noisy-labels":
+        rsvheat.save_checkpoint(output / "model_full.pt", pretrainer, extra={**extra, "lineage": lineage}, **common)
+        outputs.append("model_full.pt")
     encoder = pretrainer.encoder
     img_size = cfg.img_size or max(s.chip_shape[1] for s in plan.stems.values())
     item = mlm_item(
@@ -674,11 +754,14 @@ def export(cfg: PretrainConfig, plan: FeedPlan, checkpoint: Any) -> dict[str, Pa
         framework_version=str(torch.__version__),
         hyperparameters={k: state["config"].get(k) for k in (
             "lr", "weight_decay", "warmup_steps", "batch_size", "grad_accum", "num_workers", "max_steps",
-            "fuse_at", "con_mode", "temperature", "masking", "loss_weights")},
+            *(("fuse_at", "con_mode", "temperature", "masking", "loss_weights") if cfg.objective == "ssl" else (
+                "objective", "labels", "clean_labels", "val_fraction", "label_smoothing", "small_loss_drop",
+                "dice_weight")))},
     )
     (output / "encoder.json").write_text(json.dumps(item, indent=2))
-    plot_loss_png(history, output / "loss.png", title=f"{cfg.model} run {cfg.run_name}")
-    return {name: output / name for name in ("encoder.pt", "encoder.json", METRICS_FILE, "loss.png")}
+    plot_loss_png(history, output / "loss.png", title=f"{cfg.model} run {cfg.run_name} ({cfg.objective})",
+                  terms=TERMS[cfg.objective])
+    return {name: output / name for name in outputs}
 
 
 # ------------------------------------------------------------------------------------------------------ main

