@@ -23,6 +23,7 @@ import torch
 
 from jobs._finetune_data import TaskData
 from jobs._finetune_model import build_model, freeze_encoder, param_groups
+from jobs._trial_cleanup import PLACEMENT_GROUP_KEY, current_placement_group_hex
 
 __all__ = ["AUGMENTS", "TASK_METRICS", "TrialSettings", "augment_batch", "evaluate", "train_fn_per_worker"]
 
@@ -223,14 +224,16 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 f"Worker {rank} got no training batch in epoch {epoch + 1}: {len(plan.train_keys)} train chips are "
                 "too few for this many workers; lower --num-workers."
             )
-        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                                      "chips_per_s": chips / max(time.perf_counter() - started, 1e-9)}
         if rank == 0:
+            metrics[PLACEMENT_GROUP_KEY] = current_placement_group_hex()  # freed by Tune when the trial ends
             metrics.update(evaluate(core, val_data.iter_torch_batches(batch_size=settings.batch_size), plan, device))
             log.info("epoch %d/%d %s", epoch + 1, settings.epochs,
-                     " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
+                     " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:  # only world rank 0 writes the checkpoint
-                _save(Path(directory), core, plan, settings, hp, epoch + 1, metrics, transfer)
+                scores = {k: v for k, v in metrics.items() if k != PLACEMENT_GROUP_KEY}
+                _save(Path(directory), core, plan, settings, hp, epoch + 1, scores, transfer)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None,
                              checkpoint_dir_name=f"checkpoint_{epoch + 1:04d}")

@@ -49,6 +49,7 @@ from jobs._finetune_loop import AUGMENTS, MODEL_FILE, TASK_METRICS, TrialSetting
 from jobs._finetune_model import ENCODER_MODES
 from jobs._ray import init_ray
 from jobs._search_space import parse_search, to_tune
+from jobs._trial_cleanup import ReleaseTrialWorkers
 from pipeline.cog import redact_href
 
 __all__ = ["FinetuneConfig", "main", "run_finetune", "trial_fn"]
@@ -497,7 +498,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=cfg.num_samples, scheduler=scheduler,
                                     search_alg=BasicVariantGenerator(random_state=cfg.seed,
                                                                      max_concurrent=concurrent)),
-        run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage[0], storage_filesystem=storage[1]),
+        run_config=tune.RunConfig(name=cfg.run_name, storage_path=storage[0], storage_filesystem=storage[1],
+                                  callbacks=[ReleaseTrialWorkers()]),  # stopped trials free their workers
     )
     log.info("searching %s over %s (fixed %s): %d sample(s), up to %d trial(s) at once, each %d %s worker(s) "
              "(%s per trial)", metric, space or "nothing", fixed_hp, cfg.num_samples, concurrent, cfg.num_workers,
