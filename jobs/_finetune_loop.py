@@ -56,6 +56,7 @@ class TrialSettings:
     grad_clip: float = 1.0
     bf16: bool = True
     shuffle_buffer: int = 64
+    metric: str = ""  # the metric trials are ranked by (kept finite for ASHA)
 
 
 def _flip_boxes(boxes: torch.Tensor, size: int, axis: str) -> torch.Tensor:
@@ -229,6 +230,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             metrics[PLACEMENT_GROUP_KEY] = current_placement_group_hex()  # freed by Tune when the trial ends
             metrics.update(evaluate(core, val_data.iter_torch_batches(batch_size=settings.batch_size), plan, device))
+            ranked = metrics.get(settings.metric)
+            if isinstance(ranked, float) and math.isnan(ranked):
+                # Undefined on this val split (e.g. no changed pixel and none predicted): rank it last, not NaN,
+                # which ASHA's cutoffs cannot order.
+                log.warning("val %s is undefined at epoch %d (no positive in the split); ranked as 0",
+                            settings.metric, epoch + 1)
+                metrics[settings.metric] = 0.0
             log.info("epoch %d/%d %s", epoch + 1, settings.epochs,
                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         with tempfile.TemporaryDirectory() as directory:

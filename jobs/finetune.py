@@ -475,7 +475,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         model=cfg.model, pretrained=redact_href(cfg.pretrained) if cfg.pretrained else None, epochs=cfg.epochs,
         batch_size=cfg.batch_size, cpus_per_worker=cfg.cpus_per_worker, seed=cfg.seed,
         head_kwargs=parse_pairs(cfg.head_kwargs, "head_kwargs"), min_band_overlap=cfg.min_band_overlap,
-        bf16=cfg.bf16,
+        bf16=cfg.bf16, metric=metric,
     )
     storage = _storage(cfg)
     store_bytes = ray.available_resources().get("object_store_memory", 0)

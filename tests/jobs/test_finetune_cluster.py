@@ -77,8 +77,8 @@ def labelled(tmp_path_factory: pytest.TempPathFactory, ray_local: Any) -> Path:
     write_majority_labels(ds, "classification", source="segmentation", min_fraction=0.4)
     b02 = items[0]["assets"]["B02"]["href"]
     with rasterio.open(b02) as src:
-        change = np.zeros((src.height, src.width), np.uint8)
-        change[: src.height // 2, : src.width // 2] = 1  # the top-left quarter changed
+        rows, cols = np.indices((src.height, src.width))
+        change = ((rows // 8 + cols // 8) % 2).astype(np.uint8)  # an 8 px checkerboard: every chip has both
         crs, transform = src.crs, src.transform
     write_change_pairs(ds, "change", collection=S2, change_raster=_write_raster(root / "change.tif", change, b02))
     to_lonlat = Transformer.from_crs(crs, "OGC:CRS84", always_xy=True)
