@@ -148,13 +148,15 @@ def test_pretrained_frozen_encoder_is_bit_identical_in_best(labelled: Path, tmp_
     out = tmp_path / "frozen"
     assert _run(labelled, out, "segmentation", "--pretrained", str(encoder_pt), "--encoder", "frozen") == 0
     best = torch.load(out / "best.pt", weights_only=True)["state_dict"]
+    meta = rsvheat.load_checkpoint_meta(out / "best.pt")
+    assert meta["extra"]["finetune"]["transfer"]["source_stem"] == "sentinel_2"
+    (target_stem,) = meta["bands"]  # the data's sensor, e.g. sentinel_2_l2a
     pretrained = source.state_dict()
     encoder_keys = [k for k in best if k.startswith("encoder.")]
     assert encoder_keys
     for key in encoder_keys:
-        assert torch.equal(best[key], pretrained[key[len("encoder."):]]), key  # loaded, and never trained
-    meta = rsvheat.load_checkpoint_meta(out / "best.pt")
-    assert meta["extra"]["finetune"]["transfer"]["source_stem"] == "sentinel_2"
+        source_key = key[len("encoder."):].replace(f"stems.{target_stem}.", "stems.sentinel_2.")
+        assert torch.equal(best[key], pretrained[source_key]), key  # loaded, and never trained
 
 
 def test_unmatched_bands_fail_before_any_trial(labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
