@@ -30,9 +30,9 @@ install: $(VENV)/.installed
 samples: install
 	$(PY) -m pipeline.samples --out $(SAMPLES)
 
-# The main job end to end on the embedded sample data.
+# The whole chain end to end on the embedded sample data: ingest, pretrain, fine-tune, embed, predict (jobs/demo.py).
 demo: samples
-	$(PY) jobs/ingest.py --catalog $(SAMPLES)/catalog.json --output $(DEMO_OUT) --chip-size 120
+	$(PY) jobs/demo.py --samples $(SAMPLES)/catalog.json --output $(DEMO_OUT)
 
 # The default test suite plus the real-data and job-submission suites.
 test: samples

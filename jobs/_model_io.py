@@ -29,32 +29,32 @@ class CheckpointBlob:
     sha256: str
 
 
-def _read_bytes(uri: str, s3_endpoint: str | None) -> bytes:
+def _read_bytes(uri: str, s3_endpoint: str | None, flag: str) -> bytes:
     if uri.startswith("s3://"):
         parent, _, name = uri.rstrip("/").rpartition("/")
         return OutputStore.open(parent, s3_endpoint=s3_endpoint).read_bytes(name)
     path = Path(uri)
     if not path.is_file():
-        raise ConfigError(f"--model {uri} is not a file; pass an rsvheat checkpoint (e.g. encoder.pt or best.pt)")
+        raise ConfigError(f"{flag} {uri} is not a file; pass an rsvheat checkpoint (e.g. encoder.pt or best.pt)")
     return path.read_bytes()
 
 
-def read_checkpoint(uri: str, *, s3_endpoint: str | None = None) -> CheckpointBlob:
-    """Read and check a checkpoint (``weights_only`` metadata read, no model built).
+def read_checkpoint(uri: str, *, s3_endpoint: str | None = None, flag: str = "--model") -> CheckpointBlob:
+    """Read and check a checkpoint (``weights_only`` metadata read, no model built); ``flag`` names it in errors.
 
     Raises:
         ConfigError: the file is missing or is not an rsvheat checkpoint (the message says why).
     """
     import rsvheat
 
-    data = _read_bytes(uri, s3_endpoint)
+    data = _read_bytes(uri, s3_endpoint, flag)
     with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
         handle.write(data)
         handle.flush()
         try:
             meta = rsvheat.load_checkpoint_meta(handle.name)
         except Exception as err:  # unpickling refused, not a checkpoint, wrong format version
-            raise ConfigError(f"--model {uri} cannot be read as an rsvheat checkpoint: {err}") from err
+            raise ConfigError(f"{flag} {uri} cannot be read as an rsvheat checkpoint: {err}") from err
     return CheckpointBlob(uri=uri, data=data, meta=meta, sha256=hashlib.sha256(data).hexdigest())
 
 

@@ -100,6 +100,50 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def mlm_inputs(stems: Mapping[str, Mapping[str, Any]], img_size: int) -> list[dict[str, Any]]:
+    """``mlm:input`` entries, one per stem: bands, shape, z-score scaling.
+
+    Args:
+        stems: per stem ``{"bands": [...], "mean": [...], "std": [...], "modality": str}``.
+        img_size: the nominal chip size.
+    """
+    inputs = []
+    for name, stem in stems.items():
+        bands = list(stem["bands"])
+        inputs.append(
+            {
+                "name": name,
+                "description": f"{stem.get('modality', 'optical')} stem `{name}`; pass modality={name!r}",
+                "bands": bands,
+                "input": {
+                    "shape": [-1, len(bands), img_size, img_size],
+                    "dim_order": ["batch", "bands", "height", "width"],
+                    "data_type": "float32",
+                },
+                "value_scaling": [
+                    {"type": "z-score", "mean": float(m), "stddev": float(s)}
+                    for m, s in zip(stem["mean"], stem["std"], strict=True)
+                ],
+                "resize_type": None,
+                "pre_processing_function": None,
+            }
+        )
+    return inputs
+
+
+def weights_asset(path: Path, title: str) -> dict[str, Any]:
+    """The ``mlm:model`` asset of a checkpoint file: relative href, size and multihash sha256."""
+    return {
+        "href": f"./{path.name}",
+        "title": title,
+        "type": "application/octet-stream; application=pytorch",
+        "roles": ["mlm:model", "mlm:weights"],
+        "mlm:artifact_type": "torch.save",
+        "file:size": path.stat().st_size,
+        "file:checksum": "1220" + _sha256(path),  # multihash: sha2-256
+    }
+
+
 def mlm_item(
     encoder_path: str | os.PathLike[str],
     *,
@@ -124,27 +168,7 @@ def mlm_item(
         num_features: channels of the last pyramid stage.
     """
     path = Path(encoder_path)
-    inputs = []
-    for name, stem in stems.items():
-        bands = list(stem["bands"])
-        inputs.append(
-            {
-                "name": name,
-                "description": f"{stem.get('modality', 'optical')} stem `{name}`; pass modality={name!r}",
-                "bands": bands,
-                "input": {
-                    "shape": [-1, len(bands), img_size, img_size],
-                    "dim_order": ["batch", "bands", "height", "width"],
-                    "data_type": "float32",
-                },
-                "value_scaling": [
-                    {"type": "z-score", "mean": float(m), "stddev": float(s)}
-                    for m, s in zip(stem["mean"], stem["std"], strict=True)
-                ],
-                "resize_type": None,
-                "pre_processing_function": None,
-            }
-        )
+    inputs = mlm_inputs(stems, img_size)
     properties = {
         "datetime": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "description": f"Self-supervised {model} encoder pretrained by jobs/pretrain.py (run {run_name!r}, "
@@ -189,14 +213,6 @@ def mlm_item(
         "properties": properties,
         "links": [],
         "assets": {
-            "weights": {
-                "href": f"./{path.name}",
-                "title": f"{model} encoder weights and metadata (rsvheat.checkpoint format)",
-                "type": "application/octet-stream; application=pytorch",
-                "roles": ["mlm:model", "mlm:weights"],
-                "mlm:artifact_type": "torch.save",
-                "file:size": path.stat().st_size,
-                "file:checksum": "1220" + _sha256(path),  # multihash: sha2-256
-            }
+            "weights": weights_asset(path, f"{model} encoder weights and metadata (rsvheat.checkpoint format)")
         },
     }

@@ -50,6 +50,7 @@ __all__ = [
     "write_box_labels",
     "write_change_pairs",
     "write_label_table",
+    "write_majority_labels",
     "write_raster_labels",
     "write_scene_labels",
     "written_index",
@@ -464,6 +465,47 @@ def decode_masks(table: pa.Table) -> np.ndarray:
     (height, width), = shapes
     buffers = [np.frombuffer(b, np.uint8) for b in table["mask"].to_pylist()]
     return np.stack(buffers).reshape(len(buffers), height, width)  # (N, H*W) -> (N, H, W)
+
+
+def write_majority_labels(
+    dataset_dir: str,
+    name: str,
+    *,
+    source: str,
+    min_fraction: float = 0.5,
+    s3_endpoint: str | None = None,
+) -> LabelSet:
+    """Chip classes from a segmentation label set: each chip's most frequent labelled class.
+
+    A chip is labelled only when that class covers at least ``min_fraction`` of its labelled pixels (mixed chips are
+    left out, not forced into a class). Provenance records the source set, and ``derived`` is True.
+
+    Raises:
+        LabelError: ``source`` is not a segmentation set, or no chip is dominated by one class.
+    """
+    check_name(name)
+    table, source_set = read_labels(dataset_dir, source, s3_endpoint=s3_endpoint)
+    if source_set.kind != "segmentation":
+        raise LabelError(f"Label set {source!r} is {source_set.kind!r}; majority labels need a segmentation set.")
+    masks = decode_masks(table)  # (N, H, W)
+    k = len(source_set.classes)
+    counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(k)], axis=1)  # (N, K)
+    labelled = counts.sum(axis=1)
+    winner = counts.argmax(axis=1)
+    share = counts.max(axis=1) / np.maximum(labelled, 1)
+    keep = (labelled > 0) & (share >= min_fraction)
+    chip_ids = [c for c, ok in zip(table["chip_id"].to_pylist(), keep, strict=True) if ok]
+    if not chip_ids:
+        raise LabelError(f"No chip of label set {source!r} has one class on >= {min_fraction:.0%} of its pixels.")
+    out = pa.table({"chip_id": pa.array(chip_ids, pa.string()), "label": pa.array(winner[keep], pa.int32())})
+    label_set = LabelSet(
+        name=name, kind="classification", classes=list(source_set.classes), collection=source_set.collection,
+        provenance={"source": f"majority class of label set {source!r}", "derived": True,
+                    "noisy": bool(source_set.provenance.get("noisy")), "min_fraction": min_fraction,
+                    "source_provenance": dict(source_set.provenance)},
+    )
+    store = OutputStore.open(dataset_dir, s3_endpoint=s3_endpoint)
+    return write_label_table(store, label_set, out)
 
 
 # ------------------------------------------------------------------------------------------------ change pairs

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["BandCountMismatchError", "DecayNotAvailableError", "StatsMismatchError", "UnknownModalityError"]
+__all__ = [
+    "BandCountMismatchError",
+    "BandMatchError",
+    "DecayNotAvailableError",
+    "StatsMismatchError",
+    "UnknownModalityError",
+]
 
 
 class BandCountMismatchError(ValueError):
@@ -83,3 +89,25 @@ class StatsMismatchError(ValueError):
             "both use the same stats, or pass `--allow-stats-mismatch` to proceed anyway."
         )
 
+
+
+class BandMatchError(ValueError):
+    """A pretrained checkpoint has no stem whose bands cover the data's bands.
+
+    Args:
+        source: the checkpoint (path or name) for the message.
+        data_bands: the bands of the data to fine-tune on, in input order.
+        stems: the checkpoint's band names per stem.
+        min_overlap: the fraction of data bands a stem must provide.
+    """
+
+    def __init__(self, source: str, data_bands: Iterable[str], stems: dict[str, list[str]], min_overlap: float) -> None:
+        self.source = source
+        self.data_bands = tuple(data_bands)
+        self.stems = stems
+        listing = "; ".join(f"{name}: {' '.join(bands)}" for name, bands in stems.items()) or "none recorded"
+        super().__init__(
+            f"No stem of {source} provides at least {min_overlap:.0%} of the data's bands "
+            f"{' '.join(self.data_bands)} (stems: {listing}). Ingest the data with the pretrained bands "
+            "(`jobs/ingest.py --bands ...`), lower the required overlap, or fine-tune without --pretrained."
+        )

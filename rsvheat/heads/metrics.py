@@ -83,7 +83,7 @@ def average_precision(scores: Tensor, targets: Tensor) -> float:
 
 
 class AccuracyMetric(Metric[Tensor, Tensor]):
-    """Single-label top-k accuracy.
+    """Single-label top-k accuracy and macro F1 (the mean over classes present in targets or predictions).
 
     Args:
         num_classes: number of classes; ``k`` larger than this is skipped.
@@ -99,6 +99,7 @@ class AccuracyMetric(Metric[Tensor, Tensor]):
         """Forget every batch seen so far."""
         self.correct = dict.fromkeys(self.top_k, 0)
         self.total = 0
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)  # [target, prediction]
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Accumulate one batch.
@@ -108,7 +109,13 @@ class AccuracyMetric(Metric[Tensor, Tensor]):
             target: (B,) class indices.
         """
         _check_batch(preds, target, "AccuracyMetric")
+        truth = target.detach().cpu().long().view(-1)
+        top1 = preds.detach().argmax(dim=1).cpu()
+        pairs = truth * self.num_classes + top1
+        counts = torch.bincount(pairs, minlength=self.num_classes**2)
+        self.confusion += counts.view(self.num_classes, self.num_classes)  # (K*K,) -> (K, K)
         if not self.top_k:
+            self.total += int(target.shape[0])
             return
         ranked = preds.detach().topk(max(self.top_k), dim=1).indices.cpu()  # (B, max_k)
         hits = ranked == target.detach().cpu().view(-1, 1)
@@ -117,11 +124,16 @@ class AccuracyMetric(Metric[Tensor, Tensor]):
         self.total += int(target.shape[0])
 
     def compute(self) -> dict[str, float]:
-        """Top-k accuracies in [0, 1]; NaN before any update."""
+        """Top-k accuracies and ``macro_f1`` in [0, 1]; NaN before any update."""
         out = {}
         for k in self.top_k:
             key = "accuracy" if k == 1 else f"top{k}_accuracy"
             out[key] = self.correct[k] / self.total if self.total else float("nan")
+        conf = self.confusion.double()
+        tp = conf.diag()
+        denom = conf.sum(0) + conf.sum(1)  # 2TP + FP + FN per class
+        defined = denom > 0
+        out["macro_f1"] = float((2 * tp[defined] / denom[defined]).mean()) if defined.any() else float("nan")
         return out
 
 

@@ -22,6 +22,7 @@ from pipeline.labels import (
     read_labels,
     write_box_labels,
     write_change_pairs,
+    write_majority_labels,
     write_raster_labels,
     write_scene_labels,
 )
@@ -230,3 +231,32 @@ def test_labels_cli(
     assert read_labels(str(out), "cli")[1].provenance["noisy"] is True
     assert main(["pairs", "--data", str(out), "--name", "p"]) == 2
     assert "--collection" in capsys.readouterr().err
+
+
+def test_majority_labels_by_hand(dataset: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+    out, items = dataset
+    epsg, transform, width, height = _grid(items[0])
+    classes = np.full((height, width), 1, np.uint8)
+    classes[:, : width // 2] = 2  # left half class index 1 ("b"), right half index 0 ("a") after the remap below
+    classes[:32, :32] = 3  # the first chip is mixed: a third of it "c"
+    classes[:32, :8] = 2
+    raster = _write_raster(tmp_path / "maj.tif", classes, epsg, transform)
+    remap = tmp_path / "maj.yaml"
+    remap.write_text("classes: [a, b, c]\nremap: {1: a, 2: b, 3: c}\n")
+    write_raster_labels(str(out), "maj-seg", raster=raster, remap_file=str(remap), collection=S2)
+    label_set = write_majority_labels(str(out), "maj", source="maj-seg", min_fraction=0.8)
+    table, _ = read_labels(str(out), "maj")
+    seg, _ = read_labels(str(out), "maj-seg")
+    masks = dict(zip(seg["chip_id"].to_pylist(), decode_masks(seg), strict=True))
+    got = dict(zip(table["chip_id"].to_pylist(), table["label"].to_pylist(), strict=True))
+    for chip_id, mask in masks.items():
+        labelled = mask[mask != IGNORE_INDEX]
+        counts = np.bincount(labelled, minlength=3)
+        share = counts.max() / max(labelled.size, 1)
+        assert (chip_id in got) == (labelled.size > 0 and share >= 0.8), chip_id
+        if chip_id in got:
+            assert got[chip_id] == int(counts.argmax())
+    assert label_set.kind == "classification" and label_set.provenance["derived"] is True
+    assert len(got) < len(masks)  # the mixed chip is left out
+    with pytest.raises(LabelError, match="needs a segmentation set|need a segmentation set"):
+        write_majority_labels(str(out), "bad", source="maj")

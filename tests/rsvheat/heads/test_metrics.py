@@ -67,7 +67,18 @@ def test_average_precision_ties_form_one_threshold() -> None:
 def test_accuracy_top_k() -> None:
     metric = AccuracyMetric(num_classes=3, top_k=(1, 2, 5))
     metric.update(torch.tensor([[3.0, 2, 1], [1, 3, 2], [1, 2, 3]]), torch.tensor([1, 2, 0]))
-    assert metric.compute() == {"accuracy": 0.0, "top2_accuracy": pytest.approx(2 / 3)}  # k=5 > 3 classes: skipped
+    # k=5 > 3 classes: skipped. Top-1 predictions 0, 1, 2 against 1, 2, 0: no class has a true positive.
+    assert metric.compute() == {"accuracy": 0.0, "top2_accuracy": pytest.approx(2 / 3), "macro_f1": 0.0}
+
+
+def test_accuracy_macro_f1_by_hand() -> None:
+    metric = AccuracyMetric(num_classes=4, top_k=(1,))
+    # targets 0 0 1 1 2 ; predictions 0 1 1 1 0. Class 3 is absent from both, so it is left out of the mean.
+    # F1_0 = 2*1 / (2*1 + 1 FP + 1 FN) = 0.5; F1_1 = 2*2 / (2*2 + 1 FP) = 0.8; F1_2 = 0 (1 FN).
+    preds = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 0]), 4).float()
+    metric.update(preds[:2], torch.tensor([0, 0]))  # in two batches: counts, not batch means
+    metric.update(preds[2:], torch.tensor([1, 1, 2]))
+    assert metric.compute() == {"accuracy": pytest.approx(3 / 5), "macro_f1": pytest.approx((0.5 + 0.8 + 0.0) / 3)}
 
 
 def test_segmentation_metric_ignores_nodata() -> None:
