@@ -7,9 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
-    "ChangeStageCostWarning",
     "DegenerateStatsWarning",
-    "DriftAlarmWarning",
     "InvalidTimestampWarning",
     "MissingBandWarning",
     "PipelineWarning",
@@ -45,16 +43,6 @@ class InvalidTimestampWarning(PipelineWarning):
 
 class ServerFeatureWarning(PipelineWarning):
     """A STAC API lacks a feature (filter, sort); the pipeline falls back to doing it client-side."""
-
-
-class ChangeStageCostWarning(PipelineWarning):
-    """Incremental processing: the change stage cost more than 0.2 of the model time it saved
-    (docs/change-aware.md §Accounting)."""
-
-
-class DriftAlarmWarning(PipelineWarning):
-    """Incremental processing: the drift audit of reused chips exceeded its tolerances (docs/change-aware.md §Drift
-    audit); the message gives p95 cosine distance and p5 pixel agreement against ``tol_emb`` / ``tol_pix``."""
 
 
 @contextmanager

@@ -4,14 +4,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.change.decision import ChipDecision
-from pipeline.warnings import ChangeStageCostWarning
 
 __all__ = ["COST_RATIO_WARN", "Accounting"]
 
@@ -76,16 +74,16 @@ class Accounting:
         for reason, n in reused.items():
             self.reused_by_reason[reason] = self.reused_by_reason.get(reason, 0) + n
 
-    def check_cost(self) -> None:
-        """Warn (:class:`ChangeStageCostWarning`) when the change stage costs > 0.2 of the model time it saved."""
+    def cost_warning(self) -> str | None:
+        """The warning to log when the change stage costs more than 0.2 of the model time it saved, else ``None``."""
         ratio = self.cost_ratio
         if ratio is not None and ratio > COST_RATIO_WARN:
-            warnings.warn(
+            return (
                 f"the change stage took {self.change_stage_cpu_seconds:.2f} CPU-s for {self.model_seconds_saved:.2f} "
                 f"model-s saved (ratio {ratio:.2f} > {COST_RATIO_WARN}); on this data a full recompute is about as "
-                "cheap: check the chip size, or run without --incremental",
-                ChangeStageCostWarning, stacklevel=2,
+                "cheap: check the chip size, or run without --incremental"
             )
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able counters plus ``saved_frac``, ``model_seconds_saved`` and ``cost_ratio``."""
@@ -94,6 +92,7 @@ class Accounting:
         out["model_seconds_saved"] = round(self.model_seconds_saved, 4)
         ratio = self.cost_ratio
         out["cost_ratio"] = None if ratio is None else round(ratio, 4)
+        out["cost_warning"] = self.cost_warning() is not None
         for key in ("model_seconds", "audit_seconds", "change_stage_cpu_seconds"):
             out[key] = round(out[key], 4)
         return out

@@ -9,7 +9,6 @@ largest ``tau_chip`` and ``max_age`` whose p95 drift stays within tolerance.
 from __future__ import annotations
 
 import math
-import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,7 +18,6 @@ import numpy as np
 
 from pipeline.change.config import AuditConfig, ChipConfig
 from pipeline.change.decision import ChipDecision
-from pipeline.warnings import DriftAlarmWarning
 
 __all__ = ["AuditReport", "audit_report", "audit_sample", "cosine_distance", "pixel_agreement", "stratum"]
 
@@ -129,15 +127,16 @@ def audit_report(
     miou: np.ndarray | None = None,
 ) -> AuditReport:
     """Summarise the audit: ``cos`` (embedding cosine distances) and/or ``pix``/``miou`` (prediction agreement), one
-    value per ``sampled`` chip, in order. Warns :class:`~pipeline.warnings.DriftAlarmWarning` on an alarm."""
+    value per ``sampled`` chip, in order. On an alarm, ``reasons`` says which tolerance failed and what to change."""
     cos = np.zeros(0) if cos is None else np.asarray(cos, np.float64)
     pix = np.zeros(0) if pix is None else np.asarray(pix, np.float64)
     miou = np.zeros(0) if miou is None else np.asarray(miou, np.float64)
     reasons = []
+    advice = "cached outputs drift from fresh ones: lower chip.tau_chip or chip.max_age_days"
     if cos.size and _q(cos, 95) > cfg.tol_emb:  # type: ignore[operator]
-        reasons.append(f"p95 cosine distance {_q(cos, 95):.4g} > tol_emb {cfg.tol_emb}")
+        reasons.append(f"drift audit alarm: p95 cosine distance {_q(cos, 95):.4g} > tol_emb {cfg.tol_emb}; {advice}")
     if pix.size and _q(pix, 5) < cfg.tol_pix:  # type: ignore[operator]
-        reasons.append(f"p5 pixel agreement {_q(pix, 5):.4g} < tol_pix {cfg.tol_pix}")
+        reasons.append(f"drift audit alarm: p5 pixel agreement {_q(pix, 5):.4g} < tol_pix {cfg.tol_pix}; {advice}")
     frac = np.asarray([d.changed_frac for d in sampled], np.float64)
     age = np.asarray([d.age_days or 0 for d in sampled], np.float64)
 
@@ -154,11 +153,4 @@ def audit_report(
         suggested_tau_chip=_largest_within(frac, tau_ok, chip.tau_chip),
         suggested_max_age_days=_largest_within(age, age_ok, chip.max_age_days),
     )
-    if report.alarm:
-        warnings.warn(
-            f"drift audit alarm on {report.chips} re-computed reused chips: {'; '.join(reasons)}. Cached outputs "
-            f"drift from fresh ones; lower chip.tau_chip (suggested {report.suggested_tau_chip}) or max_age_days "
-            f"(suggested {report.suggested_max_age_days}), or run once without --incremental",
-            DriftAlarmWarning, stacklevel=2,
-        )
     return report

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["phase_correlation_shift"]
+__all__ = ["misregistration", "phase_correlation_shift"]
 
 _MAX_SIDE = 1024  # a centred crop this large holds plenty of structure and keeps the FFT cheap on a 10980 px tile
 
@@ -53,3 +53,40 @@ def phase_correlation_shift(
     sy = py - ch if py > ch // 2 else py
     sx = px - cw if px > cw // 2 else px
     return float(sy + dy), float(sx + dx)
+
+
+def _median_abs_diff(moving: np.ndarray, reference: np.ndarray, valid: np.ndarray, dy: int, dx: int) -> float:
+    """Median |moving - reference shifted by integer (dy, dx)| over valid pixels: robust to changes on up to half
+    the scene, unlike a correlation, which one strongly changed block dominates."""
+    h, w = moving.shape
+    if abs(dy) >= h or abs(dx) >= w:
+        return float("inf")
+    here = np.s_[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+    there = np.s_[max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    ok = valid[here] & valid[there]
+    if ok.sum() < 16:
+        return float("inf")
+    return float(np.median(np.abs(moving[here][ok].astype(np.float64) - reference[there][ok])))
+
+
+def misregistration(
+    moving: np.ndarray, reference: np.ndarray, valid: np.ndarray, max_shift_px: float
+) -> tuple[tuple[float, float], bool]:
+    """``(shift, misregistered)``: the phase-correlation shift, flagged only when it exceeds ``max_shift_px`` *and*
+    the scene matches the reference better (smaller median absolute difference) at that rounded shift than unshifted.
+
+    NOTE: a large real change (a new field, a burn scar) can move the whitened correlation peak on its own; the
+    check against the zero shift keeps such a scene incremental, while a true geolocation error matches better
+    shifted.
+    """
+    shift = phase_correlation_shift(moving, reference, valid)
+    if max(abs(shift[0]), abs(shift[1])) <= max_shift_px:
+        return shift, False
+    dy, dx = round(shift[0]), round(shift[1])
+    if (dy, dx) == (0, 0):
+        return shift, True
+    h, w = moving.shape
+    top, left = max(0, (h - _MAX_SIDE) // 2), max(0, (w - _MAX_SIDE) // 2)
+    crop = np.s_[top : top + _MAX_SIDE, left : left + _MAX_SIDE]
+    m, r, v = moving[crop], reference[crop], valid[crop]
+    return shift, _median_abs_diff(m, r, v, dy, dx) < _median_abs_diff(m, r, v, 0, 0)

@@ -58,6 +58,20 @@ class ReferenceState:
             last_valid=np.full((h, w), NEVER, np.int32), sigma=np.ones(c, np.float32), version=0, meta=dict(meta),
         )
 
+    def grown(self, height: int, width: int) -> ReferenceState:
+        """This state on a tile at least ``height`` x ``width`` (a later scene's chips reached further): the new
+        pixels have never been observed."""
+        n, c, h, w = self.obs.shape
+        if height <= h and width <= w:
+            return self
+        hh, ww = max(h, height), max(w, width)
+        out = ReferenceState.empty(n, (c, hh, ww), self.obs.dtype, self.meta)
+        out.obs[:, :, :h, :w] = self.obs
+        out.count[:h, :w] = self.count
+        out.last_valid[:h, :w] = self.last_valid
+        out.sigma, out.version = self.sigma, self.version
+        return out
+
     @property
     def valid(self) -> np.ndarray:
         """``(H, W)`` pixels with at least one clear observation."""

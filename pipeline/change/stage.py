@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.change.config import IncrementalConfig
-from pipeline.change.coreg import phase_correlation_shift
+from pipeline.change.coreg import misregistration
 from pipeline.change.reference import ReferenceState
 from pipeline.change.scores import NIR, RED, band_index, change_score
 from pipeline.change.threshold import changed_mask, pixel_threshold
@@ -85,8 +85,7 @@ def run_change_stage(
         x_ref = reference.median()  # (C, H, W) float32
         if classes.scored.sum() >= _MIN_COREG_PIXELS:
             b = _coreg_band(bands)
-            shift = phase_correlation_shift(image[b], x_ref[b], classes.scored)
-            misregistered = max(abs(shift[0]), abs(shift[1])) > cfg.coreg.max_shift_px
+            shift, misregistered = misregistration(image[b], x_ref[b], classes.scored, cfg.coreg.max_shift_px)
         score = change_score(cfg.change_score, image.astype(np.float32), x_ref, bands=bands, sigma=reference.sigma,
                              features=features)
         score = np.where(classes.scored, score, 0.0).astype(np.float32)

@@ -8,7 +8,6 @@ import pytest
 from pipeline.change.accounting import Accounting
 from pipeline.change.config import ChipConfig
 from pipeline.change.decision import CacheEntry, ChipWindow, chip_fractions, decide_chips
-from pipeline.warnings import ChangeStageCostWarning
 
 CHIPS = [ChipWindow("a", (0, 0, 10, 10)), ChipWindow("b", (10, 0, 10, 10))]
 FRESH = {"a": CacheEntry(100, "m1", "p1"), "b": CacheEntry(100, "m1", "p1")}
@@ -78,8 +77,9 @@ def test_accounting_adds_up() -> None:
     out = acc.to_dict()
     assert out["saved_frac"] == round(1 - 5 / 6, 6) and out["chips_total"] == 6
     acc.model_seconds, acc.change_stage_cpu_seconds = 5.0, 0.5  # saved 1 chip x 1 s; stage 0.5 s -> ratio 0.5
-    with pytest.warns(ChangeStageCostWarning, match="ratio 0.50"):
-        acc.check_cost()
+    assert "ratio 0.50" in str(acc.cost_warning()) and acc.to_dict()["cost_warning"]
+    acc.change_stage_cpu_seconds = 0.1
+    assert acc.cost_warning() is None
 
 
 def test_newly_valid_driven_chips_are_counted() -> None:
