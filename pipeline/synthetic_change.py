@@ -7,7 +7,8 @@ The block is a square of ``round(sqrt(fraction · H · W))`` pixels at a seeded 
 Optical scenes get a strong vegetation change in the near-infrared band (harmonised DNs, so the S2 offset is
 respected): where NDVI was positive it becomes -0.5 (B08 = B04 / 3), elsewhere +0.7 (B08 = 5.67 · B04), so
 |ΔNDVI| > 0.5 on every valid pixel of the block. SAR scenes get +6 dB in every polarisation. Other bands are copied
-byte for byte; the mask marks block pixels valid in the altered bands.
+byte for byte. Only pixels with data in every band are altered (a pixel missing a band carries no information for
+the change stage, docs/change-aware.md §Validity masks), and the mask marks exactly the altered pixels.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipeline.ids import safe_id
 from pipeline.items import resolve_item
 from pipeline.records import ResolvedBand, ResolvedItem
 from pipeline.samples import write_cog
-from pipeline.tiling import scene_grid
+from pipeline.tiling import cut_item, scene_grid
 
 __all__ = ["ChangedCopy", "write_changed_copy"]
 
@@ -114,6 +115,9 @@ def write_changed_copy(
     new_id = safe_id(f"{resolved.item_id}-changed{fraction:g}-{days_later}d-s{seed}")
     altered: dict[str, tuple[np.ndarray, Any]] = {}
     mask = np.zeros((grid.height, grid.width), bool)
+    (whole,) = cut_item(resolved, chip_size=max(grid.width, grid.height))  # one chip: every band on the scene grid
+    data_valid = whole.valid[: grid.height, : grid.width]  # (H, W) True where every band has data
+    del whole
     red, nir = _band(resolved, "b04", "red"), _band(resolved, "b08", "nir")
     sar = [b for b in resolved.bands if b.name.lower() in ("vv", "vh", "hh", "hv")]
     if red is not None and nir is not None:
@@ -123,8 +127,9 @@ def write_changed_copy(
             raise ValueError(f"red {red.name} {r.shape} and NIR {nir.name} {n.shape} are on different grids")
         with rasterio.open(_local(nir.href)) as src:
             rows, cols = _block_on(src, grid, block)
-        valid = (r != (red.nodata if red.nodata is not None else -1)) & (n != (nir.nodata if nir.nodata is not None
-                                                                             else -1))
+        if n.shape != (grid.height, grid.width):
+            raise ValueError(f"NIR band {nir.name} {n.shape} is not on the scene grid {(grid.height, grid.width)}")
+        valid = data_valid
         r_h = r[rows, cols].astype(np.float64) + red.dn_offset  # harmonised DNs (the S2 baseline offset)
         n_h = n[rows, cols].astype(np.float64) + nir.dn_offset
         ndvi = np.divide(n_h - r_h, n_h + r_h, out=np.zeros_like(r_h), where=(n_h + r_h) != 0)
@@ -137,23 +142,21 @@ def write_changed_copy(
         n = n.copy()
         n[rows, cols] = patch
         altered[nir.asset_key] = (n, nir_profile)
-        if n.shape == (grid.height, grid.width):
-            mask[rows, cols] = ok
-        else:  # NIR coarser than the scene grid: the block itself
-            mask[block[0] : block[2], block[1] : block[3]] = True
+        mask[rows, cols] = ok
     elif sar:
         for band in sar:
             x, profile = _read(band)
             with rasterio.open(_local(band.href)) as src:
                 rows, cols = _block_on(src, grid, block)
-            valid = np.isfinite(x) & (x != (band.nodata if band.nodata is not None else np.nan)) & (x > 0)
+            if x.shape != (grid.height, grid.width):
+                raise ValueError(f"SAR band {band.name} {x.shape} is not on the scene grid")
+            valid = data_valid & np.isfinite(x) & (x > 0)
             x = x.copy()
             sub = x[rows, cols]
             sub[valid[rows, cols]] *= _SAR_GAIN
             x[rows, cols] = sub
             altered[band.asset_key] = (x, profile)
-            if x.shape == (grid.height, grid.width):
-                mask[rows, cols] |= valid[rows, cols]
+            mask[rows, cols] |= valid[rows, cols]
     else:
         raise ValueError(
             f"item {resolved.item_id!r} has neither red + NIR bands ({[b.name for b in resolved.bands]}) nor SAR "

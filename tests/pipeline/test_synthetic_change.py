@@ -39,6 +39,7 @@ def test_changed_copy_alters_exactly_the_block_and_is_detected(tmp_path: Path) -
     assert (r1 - r0) * (c1 - c0) == round(np.sqrt(0.1 * 128 * 128)) ** 2
     differs = (chip_a.image != chip_b.image).any(axis=0)
     assert np.array_equal(differs, mask) and mask.sum() == copy.changed_pixels > 0
+    assert not (mask & ~chip_a.valid).any()  # only pixels with data in every band are altered
     assert not mask[:r0].any() and not mask[r1:].any()
 
     # The change stage finds it (index_delta, default threshold), and does not mistake it for a misregistration
