@@ -44,6 +44,7 @@ from pipeline.change import (
 )
 from pipeline.change.audit import cosine_distance
 from pipeline.change.config import ValidityConfig
+from pipeline.change.scores import score_bands
 from pipeline.dataset import read_index
 from pipeline.manifest import OutputStore
 from pipeline.shards import decode_images, decode_valid
@@ -220,10 +221,13 @@ def plan_incremental(
         watch = Stopwatch()
         with watch:
             scene, data_valid, chips, chip_ids = _mosaic(table)
-            ref = ts.reference or ReferenceState.empty(inc.n_obs, scene.shape, scene.dtype, {"tile": key})
+            kept = score_bands(inc.change_score, bands)
+            ref = ts.reference
+            if ref is None or ref.meta.get("band_index") != kept:  # first scene, or another score's bands: restart
+                ref = ReferenceState.empty(inc.n_obs, scene.shape, scene.dtype, {"tile": key}, band_index=kept)
             ref = ref.grown(*scene.shape[1:])
-            if ref.obs.shape[1:] != scene.shape:  # a scene smaller than the reference: pad it, never observed
-                padded = np.zeros(ref.obs.shape[1:], scene.dtype)
+            if ref.count.shape != scene.shape[1:]:  # a scene smaller than the reference: pad it, never observed
+                padded = np.zeros((scene.shape[0], *ref.count.shape), scene.dtype)
                 padded[:, : scene.shape[1], : scene.shape[2]] = scene
                 mask = np.zeros(ref.count.shape, bool)
                 mask[: scene.shape[1], : scene.shape[2]] = data_valid

@@ -42,6 +42,7 @@ from pipeline.change import (
 from pipeline.change.audit import pixel_agreement
 from pipeline.change.boxes import change_boxes
 from pipeline.change.config import ValidityConfig
+from pipeline.change.scores import score_bands
 from pipeline.records import Chip, ResolvedItem
 
 __all__ = ["SceneOutcome", "TileRunner", "WindowCache"]
@@ -51,45 +52,55 @@ Forward = Callable[[Any], Any]  # torch (B, C, h, w) normalised -> (B, K, h', w'
 
 @dataclass
 class WindowCache:
-    """Cached window outputs of one tile: ``probs`` ``(N, K, w, w)`` float32 and provenance per window key."""
+    """Cached window outputs of one tile: one ``(K, w, w)`` float32 ``.npy`` per window under ``predict_cache/``,
+    listed with its provenance in ``predict_cache/index.parquet``.
 
-    keys: list[str] = field(default_factory=list)
-    probs: np.ndarray | None = None
+    A run writes only the windows it recomputed (under new file names), then replaces the index, then deletes the
+    files the index no longer names: a crash leaves the previous index and its files intact.
+    """
+
+    root: Path
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, tile: Path) -> WindowCache:
-        """Read ``predict_cache.{parquet,npy}`` of a tile (empty when absent)."""
-        if not (tile / "predict_cache.parquet").is_file():
-            return cls()
-        table = pq.read_table(tile / "predict_cache.parquet").to_pylist()
-        probs = np.load(tile / "predict_cache.npy")
-        return cls(keys=[r["key"] for r in table], probs=probs, meta={r["key"]: r for r in table})
+        """Read a tile's cache index (empty when absent); window arrays are read on demand."""
+        root = tile / "predict_cache"
+        index = root / "index.parquet"
+        if not index.is_file():
+            return cls(root)
+        return cls(root, {r["key"]: r for r in pq.read_table(index).to_pylist()})
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached ``(K, w, w)`` probabilities of window ``key``."""
-        if self.probs is None or key not in self.meta:
-            return None
-        return self.probs[self.keys.index(key)]
+        entry = self.meta.get(key)
+        return None if entry is None else np.load(self.root / entry["file"])
 
     def entries(self) -> dict[str, CacheEntry]:
         """The decision's view of the cache."""
         return {k: CacheEntry(int(m["source_day"]), m["model_version"], m["preproc_version"]) for k, m in
                 self.meta.items()}
 
-    def save(self, tile: Path, outputs: dict[str, np.ndarray], meta: dict[str, dict[str, Any]]) -> None:
-        """Replace the cache with ``outputs`` (window key -> probabilities) and their provenance."""
-        tile.mkdir(parents=True, exist_ok=True)
-        keys = sorted(outputs)
-        stacked = np.stack([outputs[k] for k in keys]).astype(np.float32)  # N x (K, w, w) -> (N, K, w, w)
-        tmp = tile / f".predict_cache.{os.getpid()}.npy"
-        np.save(tmp, stacked)
-        os.replace(tmp, tile / "predict_cache.npy")
-        table = pa.Table.from_pylist([{"key": k, **meta[k]} for k in keys])
-        tmp_p = tile / f".predict_cache.{os.getpid()}.parquet"
-        pq.write_table(table, tmp_p)
-        os.replace(tmp_p, tile / "predict_cache.parquet")
-        self.keys, self.probs, self.meta = keys, stacked, {k: meta[k] for k in keys}
+    def save(self, fresh: dict[str, np.ndarray], meta: dict[str, dict[str, Any]], stamp: str) -> None:
+        """Store the ``fresh`` windows and make ``meta`` (every window's provenance, fresh or kept) the index."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tag = "".join(ch for ch in stamp if ch.isalnum())
+        entries = {k: {key: v for key, v in m.items() if key != "key"} for k, m in meta.items()}
+        for k, probs in fresh.items():
+            name = f"{k}-{tag}-{os.getpid()}.npy"
+            np.save(self.root / name, np.ascontiguousarray(probs, np.float32))
+            entries[k]["file"] = name
+        for k, entry in entries.items():
+            if "file" not in entry:  # kept from the previous index
+                entry["file"] = self.meta[k]["file"]
+        tmp = self.root / f".index.{os.getpid()}.parquet"
+        pq.write_table(pa.Table.from_pylist([{"key": k, **entries[k]} for k in sorted(entries)]), tmp)
+        os.replace(tmp, self.root / "index.parquet")
+        named = {e["file"] for e in entries.values()}
+        for path in self.root.glob("*.npy"):
+            if path.name not in named:
+                path.unlink()
+        self.meta = {k: {"key": k, **entries[k]} for k in entries}
 
 
 @dataclass
@@ -180,8 +191,10 @@ class TileRunner:
         with watch:
             windows = [c for c in chips if c.valid.any()]  # the full run skips windows without data too
             scene, data_valid = _mosaic(chips, height, width)
-            ref = (ReferenceState.load(tile / "reference") if (tile / "reference").is_dir() else
-                   ReferenceState.empty(cfg.n_obs, scene.shape, scene.dtype, {"tile": key}))
+            kept = score_bands(cfg.change_score, [b.name for b in item.bands])
+            ref = ReferenceState.load(tile / "reference") if (tile / "reference").is_dir() else None
+            if ref is None or ref.meta.get("band_index") != kept:  # first scene, or another score's bands: restart
+                ref = ReferenceState.empty(cfg.n_obs, scene.shape, scene.dtype, {"tile": key}, band_index=kept)
             ref = ref.grown(height, width)
             validity = cfg.validity if item.quality is not None and cfg.validity.source == "scl" else ValidityConfig(
                 source="nodata", dilate_px=cfg.validity.dilate_px)
@@ -257,11 +270,12 @@ class TileRunner:
                         "changed_frac": d.changed_frac}
             else:
                 probs, reused = cache.get(k), True  # type: ignore[assignment]
-                meta = dict(cache.meta[k])
-                meta.pop("key", None)
+                meta = {x: v for x, v in cache.meta[k].items() if x != "key"}
                 source_day = int(meta["source_day"])
             out_windows.append((chip, probs))
-            new_cache[k], new_meta[k] = probs, meta
+            new_meta[k] = meta
+            if k in outputs:
+                new_cache[k] = probs
             provenance.append({
                 "window_col": chip.window[0], "window_row": chip.window[1], "reused": reused,
                 "reason": "audit" if k in sampled else d.reason, "age_days": day - source_day,
@@ -273,9 +287,8 @@ class TileRunner:
             ref.fold(scene, result.valid_now, day)
             ref.save(tile / "reference")
             for k, m in cache.meta.items():  # windows without data now keep their cache entry
-                if k not in new_cache:
-                    new_cache[k], new_meta[k] = cache.get(k), {x: v for x, v in m.items() if x != "key"}  # type: ignore[assignment]
-            cache.save(tile, new_cache, new_meta)
+                new_meta.setdefault(k, {x: v for x, v in m.items() if x != "key"})
+            cache.save(new_cache, new_meta, stamp)
             log["last_day"] = day if last is None else max(last, day)
         log["items"][item.item_id] = {"day": day, "mode": mode, "model_version": self.model_version,
                                       "preproc_version": self.preproc}

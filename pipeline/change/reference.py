@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -48,15 +48,35 @@ class ReferenceState:
     sigma: np.ndarray
     version: int
     meta: dict[str, Any]
+    dirty: set[int] = field(default_factory=set, repr=False)  # ring slots changed since load (rewritten on save)
 
     @classmethod
-    def empty(cls, n_obs: int, shape: tuple[int, int, int], dtype: np.dtype, meta: dict[str, Any]) -> ReferenceState:
-        """A reference that has seen nothing: every pixel is invalid, so the first scene is all newly valid."""
+    def empty(
+        cls, n_obs: int, shape: tuple[int, int, int], dtype: np.dtype, meta: dict[str, Any],
+        band_index: list[int] | None = None,
+    ) -> ReferenceState:
+        """A reference that has seen nothing: every pixel is invalid, so the first scene is all newly valid.
+
+        Args:
+            n_obs: observations kept per pixel.
+            shape: ``(C, H, W)`` of the scenes.
+            dtype: their pixel type.
+            meta: plain JSON kept with the state (tile, grid, ...).
+            band_index: keep only these channels of each scene (the change score's bands), ``None``: all.
+        """
         c, h, w = shape
+        kept = c if band_index is None else len(band_index)
+        meta = dict(meta) | ({} if band_index is None else {"band_index": [int(i) for i in band_index]})
         return cls(
-            obs=np.zeros((n_obs, c, h, w), dtype), count=np.zeros((h, w), np.int32),
-            last_valid=np.full((h, w), NEVER, np.int32), sigma=np.ones(c, np.float32), version=0, meta=dict(meta),
+            obs=np.zeros((n_obs, kept, h, w), dtype), count=np.zeros((h, w), np.int32),
+            last_valid=np.full((h, w), NEVER, np.int32), sigma=np.ones(kept, np.float32), version=0, meta=meta,
+            dirty=set(range(n_obs)),
         )
+
+    def bands_of(self, image: np.ndarray) -> np.ndarray:
+        """The channels of a ``(C, H, W)`` scene this reference keeps."""
+        index = self.meta.get("band_index")
+        return image if index is None else image[index]
 
     def grown(self, height: int, width: int) -> ReferenceState:
         """This state on a tile at least ``height`` x ``width`` (a later scene's chips reached further): the new
@@ -70,7 +90,7 @@ class ReferenceState:
         out.count[:h, :w] = self.count
         out.last_valid[:h, :w] = self.last_valid
         out.sigma, out.version = self.sigma, self.version
-        return out
+        return out  # every slot dirty: the grown arrays are new
 
     @property
     def valid(self) -> np.ndarray:
@@ -89,29 +109,39 @@ class ReferenceState:
 
     def _median(self, rows: slice) -> np.ndarray:
         n = self.obs.shape[0]
-        obs = self.obs[:, :, rows].astype(np.float32)  # (N, C, h, W)
         if n == 1:
-            return obs[0]
-        k = np.minimum(self.count[rows], n)  # (h, W) filled slots
-        filled = np.arange(n)[:, None, None] < k[None]  # (N, h, W)
-        obs[~np.broadcast_to(filled[:, None], obs.shape)] = np.inf  # unfilled slots sort last
-        obs.sort(axis=0)
-        lo = np.maximum((k - 1) // 2, 0)[None, None]  # (1, 1, h, W)
-        hi = np.maximum(k // 2, 0)[None, None]
-        c = obs.shape[1]
-        a = np.take_along_axis(obs, np.broadcast_to(lo, (1, c, *k.shape)), axis=0)[0]  # (C, h, W)
-        b = np.take_along_axis(obs, np.broadcast_to(hi, (1, c, *k.shape)), axis=0)[0]
-        out = np.where(k[None] > 0, (a + b) / 2, 0.0)  # even count: mean of the two middle values
-        return out.astype(np.float32)
+            return self.obs[0, :, rows].astype(np.float32)
+        k = np.minimum(self.count[rows], n)[None]  # (1, h, W) filled slots
+        obs = self.obs[:, :, rows].astype(np.float32)  # (N, C, h, W)
+        filled = np.arange(n)[:, None, None, None] < k[None]  # (N, 1, h, W)
+        if n <= 4:  # closed forms: median of 1..4 values from their sum, min and max (no sort)
+            total = np.where(filled, obs, 0.0).sum(axis=0)
+            seen = k > 0
+            low = np.where(seen, np.where(filled, obs, np.inf).min(axis=0), 0.0)  # never observed: 0, not inf
+            high = np.where(seen, np.where(filled, obs, -np.inf).max(axis=0), 0.0)
+            out = np.select(
+                [k == 1, k == 2, k == 3, k == 4],
+                [total, total / 2, total - low - high, (total - low - high) / 2], default=0.0,
+            )
+            return out.astype(np.float32)
+        obs = np.where(filled, obs, np.inf)
+        obs.sort(axis=0)  # unfilled slots sort last
+        lo = np.maximum((k - 1) // 2, 0)[None]  # (1, 1, h, W)
+        hi = np.maximum(k // 2, 0)[None]
+        shape = (1, obs.shape[1], *k.shape[1:])
+        a = np.take_along_axis(obs, np.broadcast_to(lo, shape), axis=0)[0]  # (C, h, W)
+        b = np.take_along_axis(obs, np.broadcast_to(hi, shape), axis=0)[0]
+        return np.where(k > 0, (a + b) / 2, 0.0).astype(np.float32)  # even count: mean of the two middle values
 
     def fold(self, image: np.ndarray, valid: np.ndarray, day: int) -> None:
         """Fold one scene in: its valid pixels become the newest observation; invalid pixels keep their old state.
 
         Args:
-            image: ``(C, H, W)`` the scene on the tile grid, dtype of ``obs``.
+            image: ``(C, H, W)`` the scene on the tile grid, dtype of ``obs`` (all bands: the kept ones are taken).
             valid: ``(H, W)`` bool, the scene's validity mask (docs/change-aware.md §Validity masks).
             day: acquisition day (:func:`day_number`).
         """
+        image = self.bands_of(image)
         if image.shape != self.obs.shape[1:] or valid.shape != self.count.shape:
             raise ValueError(
                 f"scene {image.shape} / mask {valid.shape} does not match the reference {self.obs.shape[1:]}; the "
@@ -122,7 +152,8 @@ class ReferenceState:
         for s in range(n):
             where = valid & (slot == s)
             if where.any():
-                self.obs[s][:, where] = image[:, where]
+                np.copyto(self.obs[s], image, where=where[None])  # (H, W) -> (1, H, W) over bands
+                self.dirty.add(s)
         self.count[valid] += 1
         self.last_valid[valid] = day
         self.version += 1
@@ -140,12 +171,22 @@ class ReferenceState:
     # ------------------------------------------------------------------------------------------------- storage
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the state to ``directory`` atomically (a complete sibling is renamed over it)."""
+        """Write the state to ``directory`` atomically (a complete sibling is renamed over it). Ring slots this state
+        did not change are hard-linked from the previous copy, so a fold rewrites about one slot, not N."""
         target = Path(directory)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name in ("obs", "count", "last_valid", "sigma"):
+        for s in range(self.obs.shape[0]):
+            old = target / f"obs_{s}.npy"
+            if s not in self.dirty and old.is_file():
+                try:
+                    os.link(old, tmp / old.name)
+                    continue
+                except OSError:  # a filesystem without hard links: write it
+                    pass
+            np.save(tmp / old.name, self.obs[s])
+        for name in ("count", "last_valid", "sigma"):
             np.save(tmp / f"{name}.npy", getattr(self, name))
         (tmp / "reference.json").write_text(json.dumps({"version": self.version, **self.meta}, indent=2))
         old = target.with_name(target.name + ".old")
@@ -154,6 +195,7 @@ class ReferenceState:
             target.rename(old)
         tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
+        self.dirty = set()
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ReferenceState:
@@ -166,5 +208,7 @@ class ReferenceState:
         if not (path / "reference.json").is_file():
             raise FileNotFoundError(f"{path} holds no reference state (no reference.json)")
         meta = json.loads((path / "reference.json").read_text())
-        arrays = {name: np.load(path / f"{name}.npy") for name in ("obs", "count", "last_valid", "sigma")}
-        return cls(version=int(meta.pop("version")), meta=meta, **arrays)
+        arrays = {name: np.load(path / f"{name}.npy") for name in ("count", "last_valid", "sigma")}
+        slots = sorted(path.glob("obs_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
+        obs = np.stack([np.load(p) for p in slots])  # N x (C, H, W) -> (N, C, H, W)
+        return cls(version=int(meta.pop("version")), meta=meta, obs=obs, **arrays)

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["band_index", "change_score", "embed_delta", "index_delta", "norm_diff", "sar_logratio"]
+__all__ = [
+    "band_index", "change_score", "embed_delta", "index_delta", "norm_diff", "sar_logratio", "score_bands",
+]
 
 # Band names per role: Sentinel-2 names first, then STAC common names (eo:bands).
 GREEN, RED, NIR, SWIR2 = ("B03", "green"), ("B04", "red"), ("B08", "nir", "B8A", "nir08"), ("B12", "swir22")
@@ -23,6 +25,18 @@ def band_index(bands: Sequence[str], names: Sequence[str]) -> int | None:
     """Position of the first of ``names`` in ``bands`` (case-insensitive), or ``None``."""
     lowered = [b.lower() for b in bands]
     return next((lowered.index(n.lower()) for n in names if n.lower() in lowered), None)
+
+
+def score_bands(score_id: str, bands: Sequence[str]) -> list[int] | None:
+    """The channels a score reads (so the reference keeps only those), ``None`` for all of them."""
+    match score_id:
+        case "index_delta":
+            found = [band_index(bands, names) for names in (GREEN, RED, NIR, SWIR2)]
+            return sorted({i for i in found if i is not None})
+        case "sar_logratio":
+            return [i for i, b in enumerate(bands) if b.lower() in SAR_POLS] or None
+        case _:
+            return None
 
 
 def norm_diff(x_t: np.ndarray, x_ref: np.ndarray, sigma: np.ndarray) -> np.ndarray:

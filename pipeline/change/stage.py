@@ -64,8 +64,9 @@ def run_change_stage(
     """Compare one scene with the tile's reference.
 
     Args:
-        reference: the tile's state (empty on its first scene: every valid pixel is then newly valid).
-        image: ``(C, H, W)`` the scene on the tile grid (stored units).
+        reference: the tile's state (empty on its first scene: every valid pixel is then newly valid); it may keep
+            only the score's bands (:func:`pipeline.change.scores.score_bands`).
+        image: ``(C, H, W)`` the scene on the tile grid (stored units), all bands.
         data_valid: ``(H, W)`` pixels with data in every band.
         bands: band names in channel order (for the index and co-registration bands).
         cfg: the ``incremental:`` configuration.
@@ -82,11 +83,14 @@ def run_change_stage(
     misregistered = False
     tau = float(cfg.tau_pix.value)
     if classes.scored.any():
-        x_ref = reference.median()  # (C, H, W) float32
+        kept = reference.meta.get("band_index")
+        names = list(bands) if kept is None else [bands[i] for i in kept]
+        x_t = reference.bands_of(image)
+        x_ref = reference.median()  # (C_kept, H, W) float32
         if classes.scored.sum() >= _MIN_COREG_PIXELS:
-            b = _coreg_band(bands)
-            shift, misregistered = misregistration(image[b], x_ref[b], classes.scored, cfg.coreg.max_shift_px)
-        score = change_score(cfg.change_score, image.astype(np.float32), x_ref, bands=bands, sigma=reference.sigma,
+            b = _coreg_band(names)
+            shift, misregistered = misregistration(x_t[b], x_ref[b], classes.scored, cfg.coreg.max_shift_px)
+        score = change_score(cfg.change_score, x_t.astype(np.float32), x_ref, bands=names, sigma=reference.sigma,
                              features=features)
         score = np.where(classes.scored, score, 0.0).astype(np.float32)
         tau = pixel_threshold(score, classes.scored, cfg.tau_pix)

@@ -28,8 +28,14 @@ def test_rolling_median_of_the_last_n_valid_observations(tmp_path: Path) -> None
     back = ReferenceState.load(tmp_path / "ref")
     assert back.version == 5 and back.meta == {"tile": "t"}
     np.testing.assert_array_equal(back.median(), ref.median())
-    ref.save(tmp_path / "ref")  # replacing an existing state leaves no temporary siblings behind
+    back.fold(np.full((1, 2, 2), 7, np.uint16), all_valid, 6)  # left column writes slot 4 % 3, right 3 % 3
+    assert back.dirty == {0, 1}
+    clean = (tmp_path / "ref" / "obs_2.npy").stat().st_ino
+    back.save(tmp_path / "ref")  # replacing an existing state leaves no temporary siblings behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref"]
+    again = ReferenceState.load(tmp_path / "ref")
+    np.testing.assert_array_equal(again.obs, back.obs)  # clean slots were linked, the dirty one rewritten
+    assert (tmp_path / "ref" / "obs_2.npy").stat().st_ino == clean  # the unchanged slot is the same file
 
 
 def test_median_in_strips_equals_one_pass() -> None:
