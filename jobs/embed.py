@@ -405,8 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(EmbedConfig, argv, description=__doc__.split("\n\n")[0])
         if cfg.batch_size < 1 or cfg.workers < 1:
             raise ConfigError(f"--batch-size ({cfg.batch_size}) and --workers ({cfg.workers}) must be at least 1")
-        if cfg.incremental and not cfg.state:
-            raise ConfigError("--incremental needs --state DIR (where each tile's reference and chip cache live)")
+        if cfg.incremental:
+            from jobs._incremental import StateDir, load_incremental_config
+
+            if not cfg.state:
+                raise ConfigError("--incremental needs --state DIR (where each tile's reference and chip cache live)")
+            StateDir.open(cfg.state)
+            load_incremental_config(cfg.incremental_config, cfg.change_score)
         summary = run_embed(cfg)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

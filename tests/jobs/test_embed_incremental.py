@@ -42,6 +42,7 @@ def _rows(path: Path) -> dict[str, dict[str, Any]]:
     return {r["chip_id"]: r for r in pq.read_table(path).to_pylist()}
 
 
+@pytest.mark.slow  # ingest + three embedding runs on a local Ray: about 40 s
 def test_incremental_reuses_unchanged_chips_and_matches_a_full_run(two_dates: dict[str, Any]) -> None:
     root, data = two_dates["root"], two_dates["data"]
     args = ["--model", str(root / "enc.pt"), "--data", str(data), "--collection", S2, "--batch-size", "4"]
@@ -89,11 +90,13 @@ def test_incremental_reuses_unchanged_chips_and_matches_a_full_run(two_dates: di
     assert acc["chips_total"] == 0 and acc["scenes_skipped"] == 2
 
 
-def test_incremental_needs_a_state_directory(two_dates: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    root = two_dates["root"]
-    args = ["--model", str(root / "enc.pt"), "--data", str(two_dates["data"]), "--collection", S2, "--output",
-            str(root / "x"), "--incremental"]
+def test_incremental_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--model", str(tmp_path / "enc.pt"), "--data", str(tmp_path), "--output", str(tmp_path / "x"),
+            "--incremental"]
     assert main(args) == EXIT_USAGE
     assert "--state DIR" in capsys.readouterr().err
     assert main([*args, "--state", "s3://bucket/state"]) == EXIT_USAGE
     assert "filesystem path" in capsys.readouterr().err
+    (tmp_path / "inc.yaml").write_text("incremental:\n  chip: {tau: 0.1}\n")
+    assert main([*args, "--state", str(tmp_path / "s"), "--incremental-config", str(tmp_path / "inc.yaml")]) == 2
+    assert "unknown key(s) ['tau'] in incremental.chip" in capsys.readouterr().err

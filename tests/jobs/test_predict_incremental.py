@@ -46,6 +46,7 @@ def _changed(window: tuple[int, int], size: int, mask: np.ndarray, tau_chip: flo
     return bool(part.sum() / part.size > tau_chip)
 
 
+@pytest.mark.slow  # two prediction runs on a local Ray: about 20 s
 def test_incremental_prediction_equals_a_full_run(ray_local: Any, scenes: dict[str, Any]) -> None:
     root = scenes["root"]
     bands = [b.name for b in resolve_item(scenes["base"]).bands]
