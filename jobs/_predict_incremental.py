@@ -177,12 +177,22 @@ class TileRunner:
             out, work = subchip_forward(self.forward, x, torch.from_numpy(cached), change_boxes(local), halo, stride)
         return out.float().numpy(), work
 
+    def tile_of(self, item: ResolvedItem, grid: Any) -> str:
+        """The tile key of an item on ``grid`` (MGRS tile when the item names one)."""
+        mgrs = item.properties.get("s2:mgrs_tile")
+        return tile_key(grid.epsg, (grid.transform.c, grid.transform.f), grid.gsd, str(mgrs) if mgrs else None)
+
+    def done(self, item: ResolvedItem, grid: Any) -> bool:
+        """Whether this tile's log has the item, processed in order with the current model and preprocessing."""
+        seen = self.state.read_log(self.tile_of(item, grid))["items"].get(item.item_id)
+        return bool(seen) and seen.get("mode") == "incremental" and seen.get("model_version") == self.model_version \
+            and seen.get("preproc_version") == self.preproc
+
     def scene(self, item: ResolvedItem, chips: list[Chip], grid_shape: tuple[int, int], grid: Any) -> SceneOutcome:
         """Decide, compute and reuse the windows of one scene; updates and saves the tile's state."""
         cfg = self.cfg
         height, width = grid_shape
-        mgrs = item.properties.get("s2:mgrs_tile")
-        key = tile_key(grid.epsg, (grid.transform.c, grid.transform.f), grid.gsd, str(mgrs) if mgrs else None)
+        key = self.tile_of(item, grid)
         tile = self.state.tile(key)
         log = self.state.read_log(key)
         acc = Accounting()

@@ -271,6 +271,14 @@ class ScenePredictor:
         grid = scene_grid(item, gdal_env=env)
         blender = OverlapBlender(spec.num_classes, grid.width, window)
         kind = _output_kind(cfg.output_kind, spec)
+        name = item.safe_id
+        if self.runner is not None and self.runner.done(item, grid) and self.out.exists(f"{name}.tif"):
+            from pipeline.change import Accounting
+
+            skipped = Accounting(scenes_skipped=1)  # processed by an earlier run with this model: nothing to do
+            done = {"accounting": skipped.to_dict(), "audit": {"chips": 0, "reasons": []}, "mode": "done",
+                    "tile": self.runner.tile_of(item, grid)}
+            return f"{name}.tif", f"{name}.json", grid.width * grid.height, done
         chips: Iterator[Chip] = cut_item(item, chip_size=window, stride=window - overlap, gdal_env=env)
         extra: dict[str, Any] = {}
         if self.runner is not None:
@@ -291,7 +299,6 @@ class ScenePredictor:
                     _write_rows(dst, rows, kind)
             cog = Path(tmp) / "scene.cog.tif"
             _to_cog(staging, cog)
-            name = item.safe_id
             self.out.write_bytes(f"{name}.tif", cog.read_bytes())
         stac = _stac_item(item, raw, grid, name, kind, spec, cfg)
         if extra:
@@ -593,7 +600,8 @@ def _write_accounting(cfg: PredictConfig, rows: Sequence[Mapping[str, Any]], spe
             continue
         acc = extra["accounting"]
         for name in ("chips_total", "chips_valid", "chips_recomputed", "chips_reused", "chips_forced_age",
-                     "chips_forced_version", "chips_newly_valid_driven", "chips_audited", "scenes", "bytes_read"):
+                     "chips_forced_version", "chips_newly_valid_driven", "chips_audited", "scenes", "scenes_skipped",
+                     "bytes_read"):
             setattr(total, name, getattr(total, name) + int(acc[name]))
         for name in ("model_seconds", "audit_seconds", "change_stage_cpu_seconds"):
             setattr(total, name, getattr(total, name) + float(acc[name]))

@@ -91,6 +91,12 @@ def test_incremental_prediction_equals_a_full_run(ray_local: Any, scenes: dict[s
         "chips_reused"]
     assert [s["item_id"] for s in record["scenes"]] == [scenes["base"]["id"], scenes["later"].item["id"]]
 
+    # The same scenes again: both were processed with this model, their COGs exist, nothing runs.
+    assert main([*args, "--output", str(root / "inc"), "--incremental", "--state", str(root / "state"),
+                 "--incremental-config", str(root / "inc.yaml")]) == EXIT_OK
+    acc = json.loads((root / "state" / "accounting.json").read_text())["accounting"]
+    assert (acc["scenes_skipped"], acc["chips_total"]) == (2, 0)
+
 
 def test_incremental_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--model", "x.pt", "--catalog", str(SYNTHETIC / "items-fc.json"), "--output", str(tmp_path / "o"),
