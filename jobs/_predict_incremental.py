@@ -230,6 +230,7 @@ class TileRunner:
             )
             sample = audit_sample(decisions, inc.audit, inc.chip, f"{key}/{item.item_id}")
         acc.change_stage_cpu_seconds += watch.cpu
+        acc.bytes_read += int(scene.nbytes)  # the scene's pixels (read once, by cut_item, for both stages)
         acc.add(decisions, inc.chip.tau_chip)
         acc.chips_audited += len(sample)
         by_key = {d.key: d for d in decisions}
