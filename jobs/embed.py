@@ -18,6 +18,9 @@ Steps (docs/operations.md §Embedding):
    ``datetime``, ``geometry`` (WKB, OGC:CRS84), ``bbox``, ``model``, ``checkpoint_sha256`` and ``embedding`` as a
    fixed-size float32 list, joined from the chip index.
 
+With ``--incremental --state DIR`` only the chips that changed since each tile's reference are embedded; the others
+reuse their cached vectors, and every row says which (docs/operations.md §Incremental runs, jobs/_embed_incremental.py).
+
 Exit status: 0 on success, 2 for bad flags or a checkpoint that does not fit the data (the message says why).
 """
 
@@ -72,6 +75,15 @@ class EmbedConfig:
         default=None, metadata={"help": "one GPU per actor (default: when the cluster has one)"}
     )
     s3_endpoint: str | None = field(default=None, metadata={"help": "S3 endpoint URL; default AWS_ENDPOINT_URL"})
+    # Incremental (docs/change-aware.md)
+    incremental: bool = field(default=False, metadata={"help": "embed only chips that changed (needs --state)"})
+    state: str | None = field(default=None, metadata={"help": "incremental state directory (local or shared FS)"})
+    incremental_config: str | None = field(
+        default=None, metadata={"help": "YAML with an `incremental:` block (docs/change-aware.md); default: defaults"}
+    )
+    change_score: str | None = field(
+        default=None, metadata={"help": "norm_diff | index_delta (default) | sar_logratio; overrides the YAML"}
+    )
 
 
 @dataclass(frozen=True)
@@ -111,17 +123,20 @@ class ChipEmbedder:
         self.normalize = Normalizer(mean, std)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        """Shard rows → ``{"chip_id": (B,), "embedding": (B, D) float32}``."""
+        """Shard rows → ``{"chip_id": (B,), "embedding": (B, D) float32, "seconds": (B,)}`` (model time per chip)."""
         import torch
 
         images = self.normalize(batch)["image"]  # (B, C, H, W) float32, nodata → 0
+        start = time.perf_counter()
         with torch.inference_mode():
             x = torch.from_numpy(images).to(self.device)
             last = self.encoder.forward_features(x, modality=self.modality)[-1]  # (B, D, h, w)
-            pooled = last.float().mean(dim=(2, 3))  # (B, D)
+            pooled = last.float().mean(dim=(2, 3)).cpu().numpy()  # (B, D)
+        n = len(pooled)
         return {
             "chip_id": np.asarray(batch.column("chip_id").to_pylist(), dtype=object),
-            "embedding": pooled.cpu().numpy(),
+            "embedding": pooled,
+            "seconds": np.full(n, (time.perf_counter() - start) / max(n, 1)),
         }
 
 
@@ -226,25 +241,11 @@ def _use_gpu(cfg: EmbedConfig) -> bool:
     return bool(ray.cluster_resources().get("GPU", 0)) if cfg.use_gpu is None else cfg.use_gpu
 
 
-def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
-    """Embed every written chip of one collection; returns the run summary (also written next to the output)."""
+def _embed(ds: Any, checkpoint: CheckpointBlob, plan: EmbedPlan, cfg: EmbedConfig, use_gpu: bool
+           ) -> tuple[list[str], np.ndarray, float]:
+    """Run shard rows through the embedding actors; ``(chip ids, (N, D) vectors, model seconds)``."""
     import ray
 
-    start = time.perf_counter()
-    checkpoint = read_checkpoint(cfg.model, s3_endpoint=cfg.s3_endpoint)
-    plan = plan_embedding(cfg, checkpoint)
-    log.info(
-        "embedding %s with %s (stem %r, stats from %s, sha256 %s)",
-        plan.collection, plan.model_name, plan.modality, plan.stats_source, plan.checkpoint_sha256[:12],
-    )
-    init_ray()  # [1] join the cluster (RAY_ADDRESS under `ray job submit`) or start a local one
-    use_gpu = _use_gpu(cfg)
-    store = OutputStore.open(cfg.data, s3_endpoint=cfg.s3_endpoint)
-    context = ray.data.DataContext.get_current()
-    context.print_on_execution_start = False
-    ds = ray.data.read_parquet(  # [2] the collection's shards, pixel columns only (pushed into the Parquet read)
-        [store.path(p) for p in plan.shards], filesystem=store.filesystem
-    ).select_columns(_ROW_COLUMNS)
     ds = ds.map_batches(  # [3] an actor pool: the model is loaded once per actor, on its GPU when there is one
         ChipEmbedder,
         fn_constructor_kwargs={
@@ -262,13 +263,115 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     )
     chip_ids: list[str] = []
     vectors: list[np.ndarray] = []
+    seconds = 0.0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # [4] stream the embeddings back
         chip_ids.extend(str(c) for c in batch["chip_id"])
         vectors.append(np.asarray(batch["embedding"], dtype=np.float32))
+        seconds += float(np.sum(batch["seconds"]))
+    return chip_ids, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32), seconds
+
+
+def _written_index(store: OutputStore, columns: Sequence[str]) -> pa.Table:
     with store.filesystem.open_input_file(store.path("index.parquet")) as handle:
-        index = pq.read_table(handle, columns=[*_INDEX_COLUMNS, "status"])
-    index = index.filter(pc.equal(index["status"], "written"))
-    table = _embeddings_table(chip_ids, np.concatenate(vectors), index, plan)
+        index = pq.read_table(handle, columns=[*columns, "status"])
+    return index.filter(pc.equal(index["status"], "written"))
+
+
+def _run_incremental(
+    cfg: EmbedConfig, plan: EmbedPlan, checkpoint: CheckpointBlob, store: OutputStore, use_gpu: bool
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The incremental path (jobs/_embed_incremental.py): plan, embed what changed, merge, commit the state."""
+    import ray
+
+    from jobs import _embed_incremental as inc
+    from jobs._incremental import StateDir, load_incremental_config
+
+    inc_cfg = load_incremental_config(cfg.incremental_config, cfg.change_score)
+    if inc_cfg.change_score == "embed_delta":
+        raise ConfigError("change_score embed_delta is not available in jobs/embed.py yet (it needs a stage-1 "
+                          "forward of the reference); use index_delta, norm_diff or sar_logratio")
+    state = StateDir.open(str(cfg.state))
+    dataset = read_dataset_json(cfg.data, s3_endpoint=cfg.s3_endpoint)
+    bands = list(dataset["collections"][plan.collection]["bands"])
+    index = _written_index(store, [*_INDEX_COLUMNS, "processing_version"])
+    index = index.filter(pc.equal(index["collection"], plan.collection))
+    preproc = inc.preproc_of(plan, bands, index["processing_version"].to_pylist())
+    try:
+        run = inc.plan_incremental(store, plan.collection, bands, state, inc_cfg,
+                                   model_version=plan.checkpoint_sha256, preproc=preproc)
+    except ValueError as err:  # e.g. index_delta on bands without red/NIR
+        raise ConfigError(f"--incremental: {err}") from err
+    fresh: dict[str, np.ndarray] = {}
+    if run.selected:
+        ds = ray.data.from_arrow(run.selected)  # [2] only the selected rows, already read by the change stage
+        ids, vectors, seconds = _embed(ds, checkpoint, plan, cfg, use_gpu)
+        fresh = dict(zip(ids, vectors, strict=True))
+        run.accounting.model_seconds += seconds
+    rows, vectors_by_id, audit = inc.merge_outputs(run, fresh, inc_cfg)
+    table = None
+    if rows:
+        ids = [r["chip_id"] for r in rows]
+        table = _embeddings_table(ids, np.stack([vectors_by_id[c] for c in ids]), index, plan)
+        by_id = {r["chip_id"]: r for r in rows}
+        ordered = [by_id[c] for c in table["chip_id"].to_pylist()]
+        for f in inc.PROVENANCE_FIELDS:
+            table = table.append_column(f, pa.array([r[f.name] for r in ordered], f.type))
+    done = {p.item.item_id for p in run.items if p.mode == "done"}
+    old = inc.history(state)
+    parts = [t for t in (table,) if t is not None]
+    if old is not None and done:
+        parts.append(old.filter(pc.is_in(old["item_id"], pa.array(sorted(done), pa.string()))))
+    if not parts:
+        raise ConfigError(f"--incremental: nothing to write for {plan.collection!r} (every scene was skipped)")
+    schema = parts[0].schema.remove_metadata()
+    merged = pa.concat_tables([t.cast(schema) for t in (p.replace_schema_metadata(None) for p in parts)])
+    merged = merged.sort_by("chip_id")
+    merged = merged.replace_schema_metadata({b"geo": json.dumps(_geo_metadata(merged)).encode()})
+    inc.commit_state(run, state, plan.checkpoint_sha256, preproc)
+    keep = [] if old is None else [old.filter(pc.invert(pc.is_in(old["chip_id"], merged["chip_id"])))]
+    inc.write_history(state, pa.concat_tables([*(k.cast(schema) for k in keep if k.num_rows), merged.cast(schema)]))
+    acc = run.accounting
+    for warning in (acc.cost_warning(), "; ".join(audit["reasons"]) or None):
+        if warning:
+            log.warning("incremental: %s", warning)
+    record = {
+        "job": "embed", "state": str(state.root), "collection": plan.collection,
+        "model_version": plan.checkpoint_sha256, "preproc_version": preproc, "validity_source": run.validity_source,
+        "config": inc_cfg.to_dict(),
+        "accounting": acc.to_dict(), "audit": audit,
+        "scenes": [{"item_id": p.item.item_id, "tile": p.tile, "mode": p.mode, **p.stats} for p in run.items],
+    }
+    state.write_json("accounting.json", record)
+    print(acc.summary_line())
+    return merged, {"incremental": {"accounting": acc.to_dict(), "audit": audit,
+                                    "accounting_json": str(state.root / "accounting.json")}}
+
+
+def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
+    """Embed every written chip of one collection; returns the run summary (also written next to the output)."""
+    import ray
+
+    start = time.perf_counter()
+    checkpoint = read_checkpoint(cfg.model, s3_endpoint=cfg.s3_endpoint)
+    plan = plan_embedding(cfg, checkpoint)
+    log.info(
+        "embedding %s with %s (stem %r, stats from %s, sha256 %s)",
+        plan.collection, plan.model_name, plan.modality, plan.stats_source, plan.checkpoint_sha256[:12],
+    )
+    init_ray()  # [1] join the cluster (RAY_ADDRESS under `ray job submit`) or start a local one
+    use_gpu = _use_gpu(cfg)
+    store = OutputStore.open(cfg.data, s3_endpoint=cfg.s3_endpoint)
+    context = ray.data.DataContext.get_current()
+    context.print_on_execution_start = False
+    extra: dict[str, Any] = {}
+    if cfg.incremental:
+        table, extra = _run_incremental(cfg, plan, checkpoint, store, use_gpu)
+    else:
+        ds = ray.data.read_parquet(  # [2] the collection's shards, pixel columns only (pushed into the Parquet read)
+            [store.path(p) for p in plan.shards], filesystem=store.filesystem
+        ).select_columns(_ROW_COLUMNS)
+        chip_ids, vectors, _ = _embed(ds, checkpoint, plan, cfg, use_gpu)
+        table = _embeddings_table(chip_ids, vectors, _written_index(store, _INDEX_COLUMNS), plan)
     out = OutputStore.open(cfg.output, s3_endpoint=cfg.s3_endpoint)
     out.write_table("embeddings.parquet", table)
     summary = {
@@ -283,6 +386,7 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
         "device": "cuda" if use_gpu else "cpu",
         "seconds": round(time.perf_counter() - start, 2),
         "config": to_dict(cfg) | {"model": _public_uri(cfg.model)},
+        **extra,
     }
     out.write_bytes("embed_summary.json", json.dumps(summary, indent=2).encode())
     return summary
@@ -301,6 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(EmbedConfig, argv, description=__doc__.split("\n\n")[0])
         if cfg.batch_size < 1 or cfg.workers < 1:
             raise ConfigError(f"--batch-size ({cfg.batch_size}) and --workers ({cfg.workers}) must be at least 1")
+        if cfg.incremental:
+            from jobs._incremental import StateDir, load_incremental_config
+
+            if not cfg.state:
+                raise ConfigError("--incremental needs --state DIR (where each tile's reference and chip cache live)")
+            StateDir.open(cfg.state)
+            load_incremental_config(cfg.incremental_config, cfg.change_score)
         summary = run_embed(cfg)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,6 +20,11 @@ Steps (docs/operations.md §Scene prediction):
    input had no data) and ``OUTPUT/<safe id>.json``, a STAC Item describing it; scenes that fail land in
    ``OUTPUT/failures.parquet`` with their reason and never stop the others.
 
+With ``--incremental --state DIR`` each tile's scenes run in acquisition order in one actor call, and only the
+windows that changed since the tile's reference are predicted (crop + halo inside a window for models made only of
+local ops); ``OUTPUT/<safe id>.windows.parquet`` records per window whether it was reused (jobs/_predict_incremental.py,
+docs/operations.md §Incremental runs).
+
 Exit status: 0 when every scene was predicted, 3 when some failed, 1 when none could be, 2 for bad flags.
 """
 
@@ -87,6 +92,15 @@ class PredictConfig:
         default=None, metadata={"help": "one GPU per actor (default: when the cluster has one)"}
     )
     s3_endpoint: str | None = field(default=None, metadata={"help": "S3 endpoint URL; default AWS_ENDPOINT_URL"})
+    # Incremental (docs/change-aware.md)
+    incremental: bool = field(default=False, metadata={"help": "predict only windows that changed (needs --state)"})
+    state: str | None = field(default=None, metadata={"help": "incremental state directory (local or shared FS)"})
+    incremental_config: str | None = field(
+        default=None, metadata={"help": "YAML with an `incremental:` block (docs/change-aware.md); default: defaults"}
+    )
+    change_score: str | None = field(
+        default=None, metadata={"help": "norm_diff | index_delta (default) | sar_logratio; overrides the YAML"}
+    )
 
 
 @dataclass(frozen=True)
@@ -175,43 +189,77 @@ class ScenePredictor:
         self.mean = np.asarray(spec.mean, np.float32)[:, None, None]  # (C,) -> (C, 1, 1)
         self.inv_std = (1.0 / np.asarray(spec.std, np.float32))[:, None, None]
         self.out = OutputStore.open(self.cfg.output, s3_endpoint=self.cfg.s3_endpoint)
+        self.runner = self._incremental_runner() if cfg.incremental else None
+
+    def _incremental_runner(self) -> Any:
+        from jobs._incremental import StateDir, load_incremental_config, preproc_version
+        from jobs._predict_incremental import TileRunner
+        from rsvheat.receptive import reuse_mode
+
+        cfg, spec = self.cfg, self.spec
+        mode = reuse_mode(self.model)
+        overlap = cfg.window // 4 if cfg.overlap is None else cfg.overlap
+        preproc = preproc_version(kind="predict", bands=list(spec.bands), mean=list(spec.mean), std=list(spec.std),
+                                  modality=spec.modality, window=cfg.window, overlap=overlap, task=spec.task)
+        return TileRunner(
+            self._normalize, self._forward, (mode.halo, mode.stride) if mode.subchip and mode.stride == 1 else None,
+            spec.num_classes, cfg.batch_size, StateDir.open(str(cfg.state)),
+            load_incremental_config(cfg.incremental_config, cfg.change_score), spec.checkpoint_sha256, preproc,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``{"item_json": (1,)}`` → one result row (status, outputs, reason)."""
+        """``{"item_json": (1,)}`` → one result row (status, outputs, reason); ``{"items_json": (1,)}`` (a tile's
+        scenes in acquisition order, incremental mode) → one row per scene."""
+        if "items_json" in batch:
+            rows = [self._one(raw) for raw in json.loads(str(batch["items_json"][0]))]
+            return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+        return {k: np.asarray([v]) for k, v in self._one(json.loads(str(batch["item_json"][0]))).items()}
+
+    def _one(self, raw: dict[str, Any]) -> dict[str, Any]:
         from pipeline.items import resolve_item
 
-        raw = json.loads(str(batch["item_json"][0]))
         item_id = str(raw.get("id"))
         start = time.perf_counter()
         stage = "resolve"
         try:
             item = select_bands(resolve_item(raw, self.sensors), self.spec.bands)
             stage = "predict"
-            cog_rel, item_rel, pixels = self._predict_scene(item, raw)
+            cog_rel, item_rel, pixels, extra = self._predict_scene(item, raw)
             row = {"item_id": item_id, "collection": item.collection, "status": "predicted", "cog": cog_rel,
-                   "stac_item": item_rel, "pixels": pixels, "stage": "", "error_class": "", "message": ""}
+                   "stac_item": item_rel, "pixels": pixels, "stage": "", "error_class": "", "message": "",
+                   "incremental": json.dumps(extra)}
         except Exception as err:  # one bad scene never sinks the job: it becomes a failure row
             message = failure_message(err)
             row = {"item_id": item_id, "collection": str(raw.get("collection") or ""), "status": "failed", "cog": "",
                    "stac_item": "", "pixels": 0, "stage": stage, "error_class": type(err).__name__,
-                   "message": message}
+                   "message": message, "incremental": "{}"}
         row["seconds"] = time.perf_counter() - start
-        return {k: np.asarray([v]) for k, v in row.items()}
+        return row
+
+    def _normalize(self, images: np.ndarray) -> np.ndarray:
+        """``(B, C, w, w)`` native pixels → float32 model input (non-finite → 0)."""
+        x = (images.astype(np.float32) - self.mean) * self.inv_std
+        x[~np.isfinite(x)] = 0.0
+        return x
+
+    def _forward(self, x: Any) -> Any:
+        """Normalised ``(B, C, h, w)`` tensor → ``(B, K, h, w)`` probabilities (model + softmax / sigmoid)."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(x.to(self.device), modality=self.spec.modality).float()
+        probs = torch.sigmoid(logits) if self.spec.task == "multilabel" else torch.softmax(logits, dim=1)
+        if probs.ndim == 2:  # scene-level (B, K): the window's label covers its pixels
+            probs = probs[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+        return probs
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
         """``(B, C, w, w)`` native pixels → ``(B, K, w, w)`` float32 class probabilities."""
         import torch
 
-        x = (images.astype(np.float32) - self.mean) * self.inv_std
-        x[~np.isfinite(x)] = 0.0
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(x).to(self.device), modality=self.spec.modality).float()
-        probs = torch.sigmoid(logits) if self.spec.task == "multilabel" else torch.softmax(logits, dim=1)
-        if probs.ndim == 2:  # scene-level (B, K): the window's label covers its pixels
-            probs = probs[:, :, None, None].expand(-1, -1, *images.shape[-2:])
-        return probs.cpu().numpy()
+        return self._forward(torch.from_numpy(self._normalize(images))).cpu().numpy()
 
-    def _predict_scene(self, item: ResolvedItem, raw: Mapping[str, Any]) -> tuple[str, str, int]:
+    def _predict_scene(self, item: ResolvedItem, raw: Mapping[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
         import rasterio
 
         from pipeline.tiling import cut_item, scene_grid
@@ -223,20 +271,47 @@ class ScenePredictor:
         grid = scene_grid(item, gdal_env=env)
         blender = OverlapBlender(spec.num_classes, grid.width, window)
         kind = _output_kind(cfg.output_kind, spec)
+        name = item.safe_id
+        if self.runner is not None and self.runner.done(item, grid) and self.out.exists(f"{name}.tif"):
+            from pipeline.change import Accounting
+
+            skipped = Accounting(scenes_skipped=1)  # processed by an earlier run with this model: nothing to do
+            done = {"accounting": skipped.to_dict(), "audit": {"chips": 0, "reasons": []}, "mode": "done",
+                    "tile": self.runner.tile_of(item, grid)}
+            return f"{name}.tif", f"{name}.json", grid.width * grid.height, done
+        chips: Iterator[Chip] = cut_item(item, chip_size=window, stride=window - overlap, gdal_env=env)
+        extra: dict[str, Any] = {}
+        if self.runner is not None:
+            every = list(chips)
+            outcome = self.runner.scene(item, every, (grid.height, grid.width), grid)
+            probs = {c.window: p for c, p in outcome.windows}
+            blended = _blend_windows([(c, probs.get(c.window)) for c in every], blender, grid)
+            extra = {"accounting": outcome.accounting.to_dict(), "audit": outcome.audit, "mode": outcome.mode,
+                     **outcome.stats}
+            self.out.write_table(f"{item.safe_id}.windows.parquet", pa.Table.from_pylist(outcome.provenance))
+        else:
+            blended = self._blended_rows(chips, blender, grid)
         with tempfile.TemporaryDirectory(prefix="rsvheat-predict-") as tmp:
             staging = Path(tmp) / "scene.tif"
             profile = _profile(grid, kind, spec.num_classes)
             with rasterio.open(staging, "w", **profile) as dst:
-                for rows in self._blended_rows(cut_item(item, chip_size=window, stride=window - overlap,
-                                                        gdal_env=env), blender, grid):
+                for rows in blended:
                     _write_rows(dst, rows, kind)
             cog = Path(tmp) / "scene.cog.tif"
             _to_cog(staging, cog)
-            name = item.safe_id
             self.out.write_bytes(f"{name}.tif", cog.read_bytes())
         stac = _stac_item(item, raw, grid, name, kind, spec, cfg)
+        if extra:
+            stac["properties"]["rsvheat:incremental"] = {
+                "mode": extra["mode"], "tile": extra["tile"], "change_score_id": self.runner.cfg.change_score,
+                "chips_total": extra["accounting"]["chips_total"],
+                "chips_reused": extra["accounting"]["chips_reused"], "saved_frac": extra["accounting"]["saved_frac"],
+            }
+            stac["assets"]["windows"] = {"href": f"./{name}.windows.parquet", "type": "application/vnd.apache.parquet",
+                                         "roles": ["metadata"], "title": "per-window provenance (reused, age_days, "
+                                         "source_date, change_score_id)"}
         self.out.write_bytes(f"{name}.json", json.dumps(stac, indent=2).encode())
-        return f"{name}.tif", f"{name}.json", grid.width * grid.height
+        return f"{name}.tif", f"{name}.json", grid.width * grid.height, extra
 
     def _blended_rows(
         self, chips: Iterator[Chip], blender: OverlapBlender, grid: PixelGrid
@@ -261,6 +336,21 @@ class ScenePredictor:
             probs = self._probabilities(np.stack([c.image for c in part]))  # (B, K, w, w)
             for chip, p in zip(part, probs, strict=True):
                 blender.add(p, chip.window[0], chip.window[1], chip.valid)
+
+
+def _blend_windows(
+    windows: Sequence[tuple[Chip, np.ndarray | None]], blender: OverlapBlender, grid: PixelGrid
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Blend precomputed window probabilities (every window in cut order, ``None`` for windows without data) exactly
+    as :meth:`ScenePredictor._blended_rows` does."""
+    top = None
+    for chip, probs in windows:
+        if chip.window[1] != top:
+            yield from blender.start_strip(chip.window[1])
+            top = chip.window[1]
+        if probs is not None:
+            blender.add(probs, chip.window[0], chip.window[1], chip.valid)
+    yield from blender.finish(grid.height)
 
 
 def _output_kind(wanted: str, spec: ModelSpec) -> str:
@@ -384,6 +474,15 @@ def _validate(cfg: PredictConfig) -> None:
         raise ConfigError(f"--overlap {overlap} must be >= 0 and smaller than --window {cfg.window}")
     if cfg.batch_size < 1 or cfg.workers < 1:
         raise ConfigError(f"--batch-size ({cfg.batch_size}) and --workers ({cfg.workers}) must be at least 1")
+    if cfg.incremental:
+        from jobs._incremental import StateDir, load_incremental_config
+
+        if not cfg.state:
+            raise ConfigError("--incremental needs --state DIR (where each tile's reference and window cache live)")
+        StateDir.open(cfg.state)
+        if load_incremental_config(cfg.incremental_config, cfg.change_score).change_score == "embed_delta":
+            raise ConfigError("change_score embed_delta is not available in jobs/predict.py yet; use index_delta, "
+                              "norm_diff or sar_logratio")
 
 
 def _search(cfg: PredictConfig) -> list[dict[str, Any]]:
@@ -428,8 +527,11 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if cfg.use_gpu is None else cfg.use_gpu
     context = ray.data.DataContext.get_current()
     context.print_on_execution_start = False
-    rows_in = [{"item_json": json.dumps(it)} for it in items]
-    ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in))  # [2] one block per scene
+    if cfg.incremental:  # one row per tile: its scenes in acquisition order, so each sees the previous one's state
+        rows_in = [{"items_json": json.dumps(group)} for group in _tile_groups(items)]
+    else:
+        rows_in = [{"item_json": json.dumps(it)} for it in items]
+    ds = ray.data.from_items(rows_in, override_num_blocks=len(rows_in))  # [2] one block per scene (or tile)
     ds = ds.map_batches(  # [3] an actor pool: one model load per actor, one scene per call
         ScenePredictor,
         fn_constructor_kwargs={"checkpoint": blob.data, "spec": spec, "cfg": cfg, "use_gpu": use_gpu,
@@ -456,8 +558,70 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 2),
         "config": to_dict(cfg) | {"model": redact_href(cfg.model)},
     }
+    if cfg.incremental:
+        summary["incremental"] = _write_accounting(cfg, rows, spec)
     out.write_bytes("predict_summary.json", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _tile_groups(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Items grouped by tile (MGRS tile, else CRS and footprint), each group in acquisition order."""
+    from pipeline.items import parse_datetime
+
+    def hint(it: Mapping[str, Any]) -> str:
+        props = it.get("properties") or {}
+        mgrs = props.get("s2:mgrs_tile")
+        if mgrs:
+            return f"mgrs:{mgrs}"
+        bbox = [round(float(v), 3) for v in it.get("bbox") or []]
+        return f"{props.get('proj:code') or props.get('proj:epsg')}:{bbox}"
+
+    def when(it: Mapping[str, Any]) -> str:
+        props = it.get("properties") or {}
+        value = props.get("datetime") or props.get("start_datetime")
+        return parse_datetime(value).isoformat() if value else ""
+
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for it in items:
+        groups.setdefault(hint(it), []).append(it)
+    return [sorted(g, key=lambda it: (when(it), str(it.get("id")))) for g in groups.values()]
+
+
+def _write_accounting(cfg: PredictConfig, rows: Sequence[Mapping[str, Any]], spec: ModelSpec) -> dict[str, Any]:
+    """Sum the scenes' accounting, write ``STATE/accounting.json``, print and return it."""
+    from jobs._incremental import StateDir, load_incremental_config
+    from pipeline.change import Accounting
+
+    total = Accounting()
+    scenes, audits = [], []
+    for row in rows:
+        extra = json.loads(str(row.get("incremental") or "{}"))
+        if not extra:
+            continue
+        acc = extra["accounting"]
+        for name in ("chips_total", "chips_valid", "chips_recomputed", "chips_reused", "chips_forced_age",
+                     "chips_forced_version", "chips_newly_valid_driven", "chips_audited", "scenes", "scenes_skipped",
+                     "bytes_read"):
+            setattr(total, name, getattr(total, name) + int(acc[name]))
+        for name in ("model_seconds", "audit_seconds", "change_stage_cpu_seconds"):
+            setattr(total, name, getattr(total, name) + float(acc[name]))
+        for name in ("recomputed_by_reason", "reused_by_reason"):
+            for reason, n in acc[name].items():
+                getattr(total, name)[reason] = getattr(total, name).get(reason, 0) + n
+        audits.append(extra["audit"])
+        scenes.append({"item_id": row["item_id"], **{k: v for k, v in extra.items() if k not in ("accounting",)}})
+    inc_cfg = load_incremental_config(cfg.incremental_config, cfg.change_score)
+    alarms = [r for a in audits for r in a.get("reasons", ())]
+    record = {"job": "predict", "model_version": spec.checkpoint_sha256, "config": inc_cfg.to_dict(),
+              "accounting": total.to_dict(), "audit": {"alarm": bool(alarms), "reasons": alarms,
+                                                       "chips": sum(a["chips"] for a in audits)},
+              "scenes": scenes}
+    path = StateDir.open(str(cfg.state)).write_json("accounting.json", record)
+    for warning in (total.cost_warning(), *alarms):
+        if warning:
+            log.warning("incremental: %s", warning)
+    print(total.summary_line())
+    return {"accounting": total.to_dict(), "accounting_json": str(path), "alarm": bool(alarms)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
