@@ -23,6 +23,8 @@ from pyproj import Transformer
 import rsvheat
 from jobs.finetune import main as finetune_main
 from jobs.ingest import main as ingest_main
+from jobs.pretrain import main as pretrain_main
+from pipeline.label_rules import write_rule_labels
 from pipeline.labels import (
     write_box_labels,
     write_change_pairs,
@@ -74,6 +76,11 @@ def labelled(tmp_path_factory: pytest.TempPathFactory, ray_local: Any) -> Path:
         classes[nir == 0] = 255
         write_raster_labels(ds, "segmentation" if k == 0 else "segmentation-b", raster=_write_raster(
             root / f"lc{k}.tif", classes, b08), classes=["low", "mid", "high"], collection=S2, derived=True)
+        if k == 0:  # two classes (NIR above / below its median): another class set than any pretraining one
+            binary = (nir > np.median(nir[nir > 0])).astype(np.uint8)
+            binary[nir == 0] = 255
+            write_raster_labels(ds, "binary", raster=_write_raster(root / "binary.tif", binary, b08),
+                                classes=["dark", "bright"], collection=S2, derived=True)
     write_majority_labels(ds, "classification", source="segmentation", min_fraction=0.4)
     b02 = items[0]["assets"]["B02"]["href"]
     with rasterio.open(b02) as src:
@@ -165,3 +172,41 @@ def test_unmatched_bands_fail_before_any_trial(labelled: Path, tmp_path: Path, c
     encoder_pt = rsvheat.save_checkpoint(tmp_path / "sar.pt", sar, bands={"sentinel_1": ["VV", "VH"]})
     assert _run(labelled, tmp_path / "bad", "segmentation", "--pretrained", str(encoder_pt)) == 2
     assert "No stem of" in capsys.readouterr().err and not (tmp_path / "bad" / "results.csv").exists()
+
+
+def test_noisy_label_encoder_transfers_with_a_new_head_and_class_set(labelled: Path, tmp_path: Path) -> None:
+    """Issue 13 item 3: the encoder.pt of ``jobs/pretrain.py --objective noisy-labels`` (rule-based labels, 3 classes,
+    the default UPerNet head) fine-tunes a 2-class task with another decoder; the pretraining head is never loaded."""
+    rules = write_rule_labels(str(labelled), "rules", collection=S2, max_ignored=1.0)
+    pretrained = tmp_path / "noisy"
+    assert pretrain_main([
+        "--objective", "noisy-labels", "--labels", "rules", "--data", str(labelled), "--collections", S2,
+        "--model", "rsvheat_test", "--output", str(pretrained), "--storage-path", str(tmp_path / "runs"),
+        "--run-name", "noisy", "--num-workers", "1", "--cpus-per-worker", "0.5", "--batch-size", "2",
+        "--max-steps", "3", "--warmup-steps", "1", "--checkpoint-every", "3", "--val-fraction", "0",
+    ]) == 0
+    meta = rsvheat.load_checkpoint_meta(pretrained / "encoder.pt")
+    assert meta["extra"]["objective"] == "noisy-labels" and meta["extra"]["classes"] == rules.classes
+    out = tmp_path / "ft"
+    assert finetune_main([
+        "--task", "segmentation", "--data", str(labelled), "--labels", "binary", "--output", str(out),
+        "--pretrained", str(pretrained / "encoder.pt"), "--encoder", "frozen", "--head-kwargs", "channels=8",
+        "pool_scales=[1, 2]", "--epochs", "1", "--num-samples", "1", "--lr", "3e-3", "--num-workers", "1",
+        "--cpus-per-worker", "0.4", "--trial-cpus", "0.1", "--batch-size", "2", "--split-block-chips", "1",
+        "--val-fraction", "0.3", "--run-name", "ft-noisy",
+    ]) == 0
+    best = torch.load(out / "best.pt", weights_only=True)["state_dict"]
+    encoder = torch.load(pretrained / "encoder.pt", weights_only=True)["state_dict"]
+    for key, value in encoder.items():  # the frozen encoder is the pretrained one, bit for bit
+        assert torch.equal(best[f"encoder.{key}"], value), key
+    full = torch.load(pretrained / "model_full.pt", weights_only=True)["state_dict"]
+    head = {k: v for k, v in best.items() if k.startswith("head.") and v.is_floating_point() and v.ndim >= 2}
+    assert head and not any(k in full and full[k].shape == v.shape and torch.equal(full[k], v)
+                            for k, v in head.items())  # a new decoder and classifier, nothing of the old head
+    assert best["head.classifier.weight"].shape[0] == 2 and full["head.classifier.weight"].shape[0] == 3
+    model, best_meta = rsvheat.load_checkpoint(out / "best.pt")
+    assert best_meta["extra"]["finetune"]["classes"] == ["dark", "bright"]
+    (stem, bands), = meta["bands"].items()  # the pretraining stem of the S2 chips feeds the fine-tuned one
+    assert best_meta["extra"]["finetune"]["transfer"]["source_stem"] == stem
+    with torch.no_grad():
+        assert model(torch.zeros(1, len(bands), 32, 32), modality=stem).shape == (1, 2, 32, 32)
