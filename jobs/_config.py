@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "build_parser", "config_from_dict", "parse_config", "to_dict"]
+__all__ = ["ConfigError", "build_parser", "config_from_dict", "parse_config", "parse_pairs", "to_dict"]
 
 T = TypeVar("T")
 
@@ -213,3 +213,22 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, description
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as plain JSON data (tuples become lists), for logging and Ray's ``train_loop_config``."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def parse_pairs(specs: Sequence[str], key: str) -> dict[str, Any]:
+    """``["drop_path_rate=0.2", "fuse=[1, 2]"]`` -> ``{"drop_path_rate": 0.2, "fuse": [1, 2]}`` (YAML values).
+
+    Args:
+        specs: ``KEY=VALUE`` entries of a tuple field such as ``--model-kwargs`` or ``--head-kwargs``.
+        key: the field's name, for the message.
+
+    Raises:
+        ConfigError: an entry is not KEY=VALUE.
+    """
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"--{key.replace('_', '-')} {spec!r} is not KEY=VALUE; e.g. drop_path_rate=0.2.")
+        out[name.strip()] = yaml.safe_load(value)
+    return out

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from jobs._config import ConfigError, parse_config, to_dict
+from jobs._config import ConfigError, parse_config, parse_pairs, to_dict
 from jobs._finetune_data import TaskData, build_split_datasets, plan_task, split_nbytes
 from jobs._finetune_loop import AUGMENTS, MODEL_FILE, TASK_METRICS, TrialSettings, train_fn_per_worker
 from jobs._finetune_model import ENCODER_MODES
@@ -132,19 +132,6 @@ def resolve_smoke(cfg: FinetuneConfig) -> FinetuneConfig:
 
 def _small_head(task: str) -> tuple[str, ...]:
     return () if task in ("classification", "multilabel") else ("channels=16",)
-
-
-def parse_pairs(specs: Sequence[str], key: str) -> dict[str, Any]:
-    """``["channels=64"]`` -> ``{"channels": 64}`` (YAML values)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise ConfigError(f"--{key.replace('_', '-')} {spec!r} is not KEY=VALUE; e.g. channels=64.")
-        out[name.strip()] = yaml.safe_load(value)
-    return out
 
 
 def validate(cfg: FinetuneConfig) -> None:

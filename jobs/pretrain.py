@@ -52,10 +52,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
 from jobs import _noisy_objective as noisy
-from jobs._config import ConfigError, config_from_dict, parse_config, to_dict
+from jobs._config import ConfigError, config_from_dict, parse_config, parse_pairs, to_dict
 from jobs._pretrain_data import (
     FeedPlan,
     StreamFeed,
@@ -183,21 +181,6 @@ class PretrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- config helpers
-
-
-def parse_pairs(specs: Sequence[str], key: str) -> dict[str, Any]:
-    """``["drop_path_rate=0.2", "fuse=[1, 2]"]`` -> ``{"drop_path_rate": 0.2, "fuse": [1, 2]}`` (YAML values).
-
-    Raises:
-        ConfigError: an entry is not KEY=VALUE.
-    """
-    out: dict[str, Any] = {}
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise ConfigError(f"--{key.replace('_', '-')} {spec!r} is not KEY=VALUE; e.g. drop_path_rate=0.2.")
-        out[name.strip()] = yaml.safe_load(value)
-    return out
 
 
 def resolve_smoke(cfg: PretrainConfig) -> PretrainConfig:
