@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-__all__ = ["init_ray"]
+__all__ = ["init_ray", "run_storage"]
 
 
 def init_ray() -> None:
@@ -20,3 +21,22 @@ def init_ray() -> None:
         ray.init()
     else:
         ray.init(include_dashboard=False, configure_logging=False)
+
+
+def run_storage(root: str, s3_endpoint: str | None) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem or None)`` for a ``RunConfig`` rooted at ``root``.
+
+    A local root becomes an absolute path; ``s3://`` with a custom endpoint (a MinIO or other S3-compatible server) gets
+    its own ``pyarrow.fs.S3FileSystem`` and a bucket-relative path; any other URI is passed to Ray as is.
+    """
+    if root.startswith("s3://") and s3_endpoint:
+        from urllib.parse import urlsplit
+
+        import pyarrow.fs as pafs
+
+        parts = urlsplit(s3_endpoint)
+        fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
+        return root[len("s3://"):].rstrip("/"), fs
+    if "://" not in root:
+        return os.path.abspath(os.path.expanduser(root)), None
+    return root, None

@@ -47,7 +47,7 @@ from jobs._config import ConfigError, parse_config, parse_pairs, to_dict
 from jobs._finetune_data import TaskData, build_split_datasets, plan_task, split_nbytes
 from jobs._finetune_loop import AUGMENTS, MODEL_FILE, TASK_METRICS, TrialSettings, train_fn_per_worker
 from jobs._finetune_model import ENCODER_MODES
-from jobs._ray import init_ray
+from jobs._ray import init_ray, run_storage
 from jobs._search_space import parse_search, to_tune
 from jobs._trial_cleanup import ReleaseTrialWorkers
 from pipeline.cog import redact_href
@@ -218,19 +218,8 @@ def trial_resources(cfg: FinetuneConfig, use_gpu: bool) -> tuple[dict[str, float
 
 
 def _storage(cfg: FinetuneConfig) -> tuple[str, Any]:
-    """``(storage_path, storage_filesystem or None)`` for RunConfig; a custom S3 endpoint gets its own filesystem."""
-    root = cfg.storage_path or str(Path(cfg.output) / "runs")
-    if root.startswith("s3://") and cfg.s3_endpoint:
-        from urllib.parse import urlsplit
-
-        import pyarrow.fs as pafs
-
-        parts = urlsplit(cfg.s3_endpoint)
-        return root[len("s3://"):].rstrip("/"), pafs.S3FileSystem(endpoint_override=parts.netloc,
-                                                                  scheme=parts.scheme or "https")
-    if "://" not in root:
-        return os.path.abspath(os.path.expanduser(root)), None
-    return root, None
+    """``(storage_path, storage_filesystem or None)`` for RunConfig: ``--storage-path`` or ``OUTPUT/runs``."""
+    return run_storage(cfg.storage_path or str(Path(cfg.output) / "runs"), cfg.s3_endpoint)
 
 
 def trial_fn(config: dict[str, Any], fixed: Mapping[str, Any]) -> None:

@@ -72,7 +72,7 @@ from jobs._pretrain_outputs import (
     plot_loss_png,
     read_metrics_csv,
 )
-from jobs._ray import init_ray
+from jobs._ray import init_ray, run_storage
 from pipeline.cog import redact_href
 
 if TYPE_CHECKING:
@@ -573,26 +573,19 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
 def _storage(cfg: PretrainConfig) -> tuple[str, pyarrow.fs.FileSystem | None, str]:
     """``(storage_path for RunConfig, storage_filesystem or None, run directory path on that filesystem)``."""
-    import pyarrow.fs as pafs
-
     if cfg.storage_path is None:
         from ray.train.constants import DEFAULT_STORAGE_PATH
 
         root = os.path.expanduser(DEFAULT_STORAGE_PATH)
     else:
         root = cfg.storage_path
-    if root.startswith("s3://") and cfg.s3_endpoint:
-        from urllib.parse import urlsplit
+    storage, fs = run_storage(root, cfg.s3_endpoint)
+    if fs is not None or "://" not in storage:
+        return storage, fs, f"{storage}/{cfg.run_name}"
+    import pyarrow.fs as pafs
 
-        parts = urlsplit(cfg.s3_endpoint)
-        fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme or "https")
-        path = root[len("s3://"):].rstrip("/")
-        return path, fs, f"{path}/{cfg.run_name}"
-    if "://" not in root:
-        root = os.path.abspath(os.path.expanduser(root))
-        return root, None, f"{root}/{cfg.run_name}"
-    fs, path = pafs.FileSystem.from_uri(root)
-    return root, None, f"{path.rstrip('/')}/{cfg.run_name}"
+    _, path = pafs.FileSystem.from_uri(storage)
+    return storage, None, f"{path.rstrip('/')}/{cfg.run_name}"
 
 
 def _run_files(cfg: PretrainConfig) -> tuple[pyarrow.fs.FileSystem, str]:
