@@ -148,34 +148,12 @@ def label_agreement(data: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- runs
 
 
-def release_finished_runs(timeout_s: float = 15.0) -> list[str]:
-    """Wait until this benchmark's Ray instance has all its CPUs free again; returns the placement groups removed.
-
-    Runs are sequential, so a placement group still holding CPUs between two of them belongs to a finished run. Ray
-    Train's PlacementGroupCleaner normally removes those, but it finds its cluster by address discovery, which fails
-    (``Found multiple active Ray instances``) when other Ray instances run on the same machine.
-    """
-    import ray
-    from ray.util import placement_group_table, remove_placement_group
-    from ray.util.placement_group import PlacementGroup
-
-    total = ray.cluster_resources().get("CPU", 0)
-    deadline = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
-        time.sleep(1.0)
-    removed = []
-    if ray.available_resources().get("CPU", 0) < total:
-        for pg_id, info in placement_group_table().items():
-            if info["state"] == "CREATED":
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-                removed.append(pg_id)
-        log.warning("removed %d placement group(s) left by finished runs: %s", len(removed), removed)
-    return removed
-
-
 def timed(fn: Callable[[], int], what: str) -> float:
-    """Run one job's ``main``; its wall time, or an error naming the run when it does not exit 0."""
-    release_finished_runs()
+    """Run one job's ``main``; its wall time, or an error naming the run when it does not exit 0.
+
+    Runs are sequential in one Ray instance: each job frees its workers before its ``main`` returns (pretraining
+    and fine-tuning trials release their placement group, ``jobs/_trial_cleanup.py``).
+    """
     started = time.perf_counter()
     code = fn()
     if code != 0:
