@@ -1,14 +1,13 @@
-"""Release the workers' placement group of a Ray Train run that has ended (docs/finetune-job.md "Trials").
+"""Release the workers of Tune trials that end (docs/finetune-job.md "Trials").
 
-Ray Train V2 removes a run's worker placement group when its controller shuts the worker group down; when the
-controller itself is killed (Tune stopping a trial early kills the trial's actor) it relies on its
-``PlacementGroupCleaner`` actor, which watches the controller through the state API and so needs the dashboard, or
-finds the cluster by address discovery, which fails when other Ray instances run on the machine. On this project's
-local and test clusters the group then stays reserved until the job ends, and later runs wait forever for its CPUs
-and GPUs. Rank 0 of each run therefore reports the id of its placement group (``PLACEMENT_GROUP_KEY``), and whoever
-sees the run end removes it with :func:`release_placement_group`: the Tune callback :class:`ReleaseTrialWorkers`
-(``jobs/finetune.py``) when a trial ends however it ended, and ``jobs/pretrain.py`` when its ``fit`` returns.
-Removing an already removed group is a no-op.
+Ray Train V2 removes a run's worker placement group when its controller shuts the worker group down, as it does when
+``jobs/pretrain.py``'s ``fit`` returns. A Tune trial's controller is killed instead (when the trial ends, or when ASHA
+stops it early), and Train then relies on its ``PlacementGroupCleaner`` actor, which watches the controller through
+the state API: that needs the dashboard, and finds the cluster by address discovery, which fails when other Ray
+instances run on the machine. On this project's local and test clusters the group then stays reserved until the job
+ends, and later trials and jobs wait forever for its CPUs and GPUs. Each trial's rank 0 therefore reports the id of
+its placement group (``PLACEMENT_GROUP_KEY``), and the Tune callback :class:`ReleaseTrialWorkers` removes it with
+:func:`release_placement_group` when the trial ends, however it ended. Removing an already removed group is a no-op.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ def release_placement_group(group_hex: str | None, what: str) -> bool:
 
     Args:
         group_hex: the id from :func:`current_placement_group_hex`; empty or None: nothing to do.
-        what: the run, for the log line (``"trial 1a2b"``, ``"run 'pretrain'"``).
+        what: the run, for the log line (``"trial 1a2b"``).
 
     Returns:
         True when this call removed it.

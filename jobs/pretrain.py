@@ -74,7 +74,6 @@ from jobs._pretrain_outputs import (
     read_metrics_csv,
 )
 from jobs._ray import init_ray
-from jobs._trial_cleanup import PLACEMENT_GROUP_KEY, current_placement_group_hex, release_placement_group
 from pipeline.cog import redact_href
 
 if TYPE_CHECKING:
@@ -584,7 +583,6 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         if due == "metrics":
             ray.train.report(metrics)  # [4] metrics alone every --report-every steps (a barrier across workers)
         elif due == "checkpoint":
-            metrics[PLACEMENT_GROUP_KEY] = current_placement_group_hex()  # released by main() when fit returns
             with tempfile.TemporaryDirectory() as directory:
                 if rank == 0:  # only world rank 0 writes the checkpoint directory
                     save_state(Path(directory), model=model, optimizer=optimizer, scheduler=scheduler,
@@ -818,8 +816,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # ray.train.TrainingFailedError: max_failures exhausted
         log.error("training failed: %s: %s", type(err).__name__, err)
         return EXIT_FAILED
-    # normally gone with the worker group; not when Train's cleaner had to act and could not (jobs/_trial_cleanup.py)
-    release_placement_group((result.metrics or {}).get(PLACEMENT_GROUP_KEY), f"run {cfg.run_name!r}")
     if result.error is not None or result.checkpoint is None:
         log.error("training failed: %s", result.error or "no checkpoint was reported")
         return EXIT_FAILED
