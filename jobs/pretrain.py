@@ -266,6 +266,8 @@ def public_config(cfg: PretrainConfig) -> dict[str, Any]:
 
 def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Dataset]]:
     """The feed plan (stems, streams, pairs) and one Ray Dataset per stream (docs/pretrain-job.md "Data")."""
+    import ray
+
     labelled = cfg.objective == "noisy-labels"
     plan = plan_feed(
         cfg.data, collections=cfg.collections, pairing=cfg.pairing and not labelled,
@@ -285,8 +287,6 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
     split = replace(split, train={n: split.train[n] for n in plan.streams})  # streams too small to train dropped
     plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
     log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})
-    import ray
-
     nbytes = noisy.validation_nbytes(plan, split)
     materialize = 0 < nbytes <= noisy.MATERIALIZE_SHARE * ray.available_resources().get("object_store_memory", 0)
     if materialize:
