@@ -15,7 +15,7 @@ PYTEST_MARKED_MAY_BE_EMPTY = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$?
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-feed bench-pretrain bench-noisy clean
+.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-feed bench-pretrain bench-pretrain-report bench-noisy clean
 
 # Re-install only when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -75,6 +75,10 @@ bench-feed: samples .venv-vision/.installed
 # Pretraining chips/s and data-wait fraction through the real job path, 1 and 2 CPU workers (GPU: --gpu).
 bench-pretrain: samples
 	$(PY) benchmarks/pretrain.py
+
+# Wall time per pretraining step with a Ray Train report every step vs the default (checkpoints only), both objectives.
+bench-pretrain-report: samples
+	$(PY) benchmarks/pretrain_report.py
 
 # Noisy-label pretraining vs random and SSL initialisation, fine-tuned on a small clean subset; clean-vs-noisy
 # layer divergence (docs/noisy-pretraining.md "The sample experiment"; about 10 min on an idle 2-core machine).

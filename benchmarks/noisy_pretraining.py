@@ -21,7 +21,7 @@ The experiment of docs/noisy-pretraining.md "The sample experiment", through the
 Writes ``benchmarks/out/noisy_pretraining-<stamp>.json`` and the ``noisy-pretraining`` section of
 ``benchmarks/RESULTS.md``; work files (ingest, runs, checkpoints, divergence.csv/png) under ``--work``.
 
-    python benchmarks/noisy_pretraining.py                     # 22 min on the shared 2-core machine
+    python benchmarks/noisy_pretraining.py                     # 11 min on the shared 2-core machine
     python benchmarks/noisy_pretraining.py --pretrain-steps 20 --finetune-epochs 2 --floor-runs 2 --no-results
 """
 
@@ -148,34 +148,12 @@ def label_agreement(data: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- runs
 
 
-def release_finished_runs(timeout_s: float = 15.0) -> list[str]:
-    """Wait until this benchmark's Ray instance has all its CPUs free again; returns the placement groups removed.
-
-    Runs are sequential, so a placement group still holding CPUs between two of them belongs to a finished run. Ray
-    Train's PlacementGroupCleaner normally removes those, but it finds its cluster by address discovery, which fails
-    (``Found multiple active Ray instances``) when other Ray instances run on the same machine.
-    """
-    import ray
-    from ray.util import placement_group_table, remove_placement_group
-    from ray.util.placement_group import PlacementGroup
-
-    total = ray.cluster_resources().get("CPU", 0)
-    deadline = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
-        time.sleep(1.0)
-    removed = []
-    if ray.available_resources().get("CPU", 0) < total:
-        for pg_id, info in placement_group_table().items():
-            if info["state"] == "CREATED":
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-                removed.append(pg_id)
-        log.warning("removed %d placement group(s) left by finished runs: %s", len(removed), removed)
-    return removed
-
-
 def timed(fn: Callable[[], int], what: str) -> float:
-    """Run one job's ``main``; its wall time, or an error naming the run when it does not exit 0."""
-    release_finished_runs()
+    """Run one job's ``main``; its wall time, or an error naming the run when it does not exit 0.
+
+    Runs are sequential in one Ray instance, and each job frees its workers before its ``main`` returns:
+    pretraining by Ray Train's own worker-group shutdown, fine-tuning trials by ``jobs/_trial_cleanup.py``.
+    """
     started = time.perf_counter()
     code = fn()
     if code != 0:
@@ -260,8 +238,8 @@ def results_markdown(record: dict[str, Any]) -> str:
         f"**{record['date_utc'][:16].replace('T', ' ')} UTC, {machine['cpu_model']} ({machine['cpu_count']} cores, "
         f"shared; load {record['load_start']['1m']} at start, {record['load_end']['1m']} at the end), "
         f"`python benchmarks/noisy_pretraining.py {flags}`, {r['total_wall_s'] / 60:.1f} min.** One seed "
-        f"({a['seed']}), one run per arm; the spread over seeds and chip subsets was not measured, so small "
-        "differences may be noise.",
+        f"({a['seed']}), one run per arm: small differences need runs of other seeds (`--seed`, which also picks "
+        "the split and the clean subset) before they mean anything.",
         "",
         f"Sample S2 L1C scene, 120 px chips. Pretraining: `{a['model']}`, {a['pretrain_steps']} steps x "
         f"{a['batch_size']} chips, lr {a['pretrain_lr']}, one CPU worker, on {s['pretrain_chips']} training-block "

@@ -33,10 +33,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["TERMS", "MaskJoiner", "NoisyPlan", "build_noisy_datasets", "build_task_model", "evaluate",
-           "noisy_from_summary", "noisy_step", "plan_noisy"]
+           "noisy_from_summary", "noisy_step", "plan_noisy", "validation_nbytes"]
 
 TERMS = ("ce", "dice", "kept")
 VAL, CLEAN = "val:", "clean:"  # dataset-name prefixes of the validation streams
+MATERIALIZE_SHARE = 0.25  # validation chips are decoded once when they take at most this share of the object store
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,24 @@ class MaskJoiner:
         return out
 
 
-def build_noisy_datasets(plan: FeedPlan, noisy: NoisyPlan, *, s3_endpoint: str | None = None
-                         ) -> dict[str, ray.data.Dataset]:
-    """Per training stream of ``plan`` its split (shuffled), and per labelled stream ``val:``/``clean:`` datasets."""
+def validation_nbytes(plan: FeedPlan, noisy: NoisyPlan) -> int:
+    """Bytes the validation chips take decoded: float32 images, the valid mask and the label mask."""
+    total = 0
+    for split in (noisy.val, noisy.clean):
+        for name, chips in split.items():
+            c, h, w = plan.stems[noisy.streams[name].stems[0]].chip_shape
+            total += len(chips) * (c * h * w * 4 + 2 * h * w)
+    return total
+
+
+def build_noisy_datasets(plan: FeedPlan, noisy: NoisyPlan, *, s3_endpoint: str | None = None,
+                         materialize_validation: bool = False) -> dict[str, ray.data.Dataset]:
+    """Per training stream of ``plan`` its split (shuffled), and per labelled stream ``val:``/``clean:`` datasets.
+
+    With ``materialize_validation`` the validation datasets are read, joined and decoded once into the object store
+    here, so each validation only iterates their blocks instead of starting a new read (seconds per validation on
+    the sample data, benchmarks/RESULTS.md "Pretraining step wall time").
+    """
     out = {}
     every = FeedPlan(plan.stems, noisy.streams, plan.lineage)
     for split, prefix, labels, source in ((noisy.train, "", noisy.labels, plan), (noisy.val, VAL, noisy.labels, every),
@@ -171,7 +187,8 @@ def build_noisy_datasets(plan: FeedPlan, noisy: NoisyPlan, *, s3_endpoint: str |
             if split.get(name) and labels is not None:
                 dataset_dir = source.streams[name].sources[0][0]
                 joiner = MaskJoiner(split[name], dataset_dir, labels, s3_endpoint)
-                out[prefix + name] = ds.map_batches(joiner, batch_format="numpy")  # an instance: stateless tasks
+                ds = ds.map_batches(joiner, batch_format="numpy")  # an instance: stateless tasks
+                out[prefix + name] = ds.materialize() if prefix and materialize_validation else ds
     return out
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "read_metrics_csv",
 ]
 
-METRIC_COLUMNS = ("step", "loss", "spa", "fre", "con", "lr", "chips_per_s", "data_wait", "step_s", "stream")
+METRIC_COLUMNS = ("step", "loss", "spa", "fre", "con", "lr", "chips_per_s", "data_wait", "step_s", "stream", "wall_s")
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 

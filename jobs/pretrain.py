@@ -22,7 +22,8 @@ Steps (docs/pretrain-job.md):
    (``pipeline.read_dataset``).
 2. **Train** with ``TorchTrainer`` over ``--num-workers``: every step picks one stream (one sensor, or one pair of
    sensors, per batch), runs the RS-vHeat objective (``rsvheat.ssl``), accumulates gradients, steps AdamW with
-   warm-up + cosine decay, reports metrics every step and a checkpoint every ``--checkpoint-every`` steps.
+   warm-up + cosine decay, keeps every step's metrics and reports them with a checkpoint every
+   ``--checkpoint-every`` steps (metrics alone every ``--report-every`` steps, off by default).
 3. **Resume / recover**: the same ``--run-name`` and ``--storage-path`` continue from the last checkpoint (step count,
    optimizer, scheduler, data position); ``--max-failures`` restarts the workers after a failure.
 4. **Export** on the driver: ``encoder.pt`` (encoder keys only, self-describing), ``encoder.json`` (STAC ``mlm``),
@@ -171,6 +172,10 @@ class PretrainConfig:
     max_failures: int = field(default=3, metadata={"help": "worker-group restarts after failures (-1: unlimited)"})
     output: str = field(default="out/pretrain", metadata={"help": "encoder.pt, encoder.json, metrics.csv, loss.png"})
     log_every: int = field(default=1, metadata={"help": "a progress line every N steps"})
+    report_every: int = field(
+        default=0, metadata={"help": "also report metrics to Ray Train every N steps (0: only with checkpoints); a "
+                             "report waits for the controller's poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s)"}
+    )
     samples: str = field(default=DEFAULT_SAMPLES, metadata={"help": "sample catalog ingested when --data is empty"})
     smoke_test: bool = field(default=False, metadata={"help": "2 CPU workers, *_test model, a few steps"})
     # Fault injection (tests)
@@ -223,6 +228,8 @@ def validate(cfg: PretrainConfig) -> None:
             f"--lr must be > 0, --warmup-steps >= 0 and --min-lr-ratio in [0, 1]; got {cfg.lr}, "
             f"{cfg.warmup_steps}, {cfg.min_lr_ratio}."
         )
+    if cfg.report_every < 0:
+        raise ConfigError(f"--report-every must be >= 0 (0: report with checkpoints only), got {cfg.report_every}.")
     if cfg.cpus_per_worker <= 0:
         raise ConfigError(f"--cpus-per-worker must be > 0, got {cfg.cpus_per_worker}.")
     if not cfg.run_name or any(c in cfg.run_name for c in "/\\") or cfg.run_name in (".", ".."):
@@ -259,6 +266,8 @@ def public_config(cfg: PretrainConfig) -> dict[str, Any]:
 
 def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Dataset]]:
     """The feed plan (stems, streams, pairs) and one Ray Dataset per stream (docs/pretrain-job.md "Data")."""
+    import ray
+
     labelled = cfg.objective == "noisy-labels"
     plan = plan_feed(
         cfg.data, collections=cfg.collections, pairing=cfg.pairing and not labelled,
@@ -278,7 +287,12 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
     split = replace(split, train={n: split.train[n] for n in plan.streams})  # streams too small to train dropped
     plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
     log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})
-    return plan, noisy.build_noisy_datasets(plan, split, s3_endpoint=cfg.s3_endpoint)
+    nbytes = noisy.validation_nbytes(plan, split)
+    materialize = 0 < nbytes <= noisy.MATERIALIZE_SHARE * ray.available_resources().get("object_store_memory", 0)
+    if materialize:
+        log.info("decoding the validation chips once (%.1f MB) for every validation", nbytes / 1e6)
+    return plan, noisy.build_noisy_datasets(plan, split, s3_endpoint=cfg.s3_endpoint,
+                                            materialize_validation=materialize)
 
 
 def to_inputs(batch: Mapping[str, torch.Tensor], stems: Sequence[str], device: torch.device
@@ -435,6 +449,20 @@ def _progress(row: Mapping[str, Any], cfg: PretrainConfig, started: float, first
     )
 
 
+def report_kind(step_no: int, cfg: PretrainConfig) -> Literal["checkpoint", "metrics"] | None:
+    """What step ``step_no`` (1-based) reports to Ray Train: metrics with a checkpoint every ``--checkpoint-every``
+    steps and at ``--max-steps``, metrics alone every ``--report-every`` steps (0: never), else nothing.
+
+    Every report waits for the controller to collect the one before (docs/pretrain-job.md "Metrics"), so the job
+    reports no more often than asked; ``metrics.csv`` has every step either way.
+    """
+    if step_no % cfg.checkpoint_every == 0 or step_no == cfg.max_steps:
+        return "checkpoint"
+    if cfg.report_every and step_no % cfg.report_every == 0:
+        return "metrics"
+    return None
+
+
 def objective_step(model: nn.Module, cfg: PretrainConfig, batch: Mapping[str, torch.Tensor], stems: Sequence[str],
                    device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One micro-batch of the objective: ``loss`` (with gradient) and its detached terms (:data:`TERMS`)."""
@@ -501,7 +529,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
                 else contextlib.nullcontext())
     public = config["public_cfg"]
-    started = time.perf_counter()
+    started = last_end = time.perf_counter()
     for step in range(start, cfg.max_steps):
         step_no = step + 1
         maybe_inject_kill(cfg, step_no, rank, world)
@@ -536,29 +564,30 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        step_s = time.perf_counter() - t_start
-        *means, wait_mean, step_mean = _mean_across_ranks([*sums.values(), wait, step_s], device)
+        t_end = time.perf_counter()
+        step_s, wall_s, last_end = t_end - t_start, t_end - last_end, t_end  # wall: also the last report's wait
+        *means, wait_mean, step_mean, wall_mean = _mean_across_ranks([*sums.values(), wait, step_s, wall_s], device)
         row = {
             "step": step_no, **dict(zip(sums, means, strict=True)), "lr": lr,
             "chips_per_s": chips * world / step_mean, "data_wait": wait_mean / step_mean, "stream": ",".join(used),
-            "step_s": step_mean,
+            "step_s": step_mean, "wall_s": wall_mean,
         }
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"loss is {row['loss']} at step {step_no} (stream {row['stream']}); lower --lr.")
-        due = step_no % cfg.checkpoint_every == 0 or step_no == cfg.max_steps
-        if due and cfg.objective == "noisy-labels":  # validation mIoU with every checkpoint (all ranks take part)
+        due = report_kind(step_no, cfg)  # "checkpoint", "metrics" or None
+        if due == "checkpoint" and cfg.objective == "noisy-labels":  # validation with every checkpoint, all ranks
             row.update(noisy.evaluate(_core(model), val_shards, val_stems, len(classes),
                                       batch_size=cfg.batch_size, device=device))
-        history.append(row)
+        history.append(row)  # every step's row: metrics.csv is written from here, whatever is reported
         metrics = {k: v for k, v in row.items()}
-        if not due:
-            ray.train.report(metrics)  # [4] metrics every step (a barrier across workers)
-        else:
+        if due == "metrics":
+            ray.train.report(metrics)  # [4] metrics alone every --report-every steps (a barrier across workers)
+        elif due == "checkpoint":
             with tempfile.TemporaryDirectory() as directory:
                 if rank == 0:  # only world rank 0 writes the checkpoint directory
                     save_state(Path(directory), model=model, optimizer=optimizer, scheduler=scheduler,
                                step=step_no, position=feed.position, config=public, history=history)
-                ray.train.report(  # [4] ... plus a checkpoint every K steps and at the end
+                ray.train.report(  # [4] metrics and a checkpoint every K steps and at the end
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None,
                     checkpoint_dir_name=f"checkpoint_{step_no:08d}",

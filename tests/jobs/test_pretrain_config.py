@@ -1,4 +1,5 @@
-"""jobs/pretrain.py configuration: YAML + flags, unknown keys, smoke resolution, validation, the lr schedule."""
+"""jobs/pretrain.py configuration: YAML + flags, unknown keys, smoke resolution, validation, the lr schedule, the
+report cadence."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from jobs.pretrain import (
     main,
     parse_pairs,
     public_config,
+    report_kind,
     resolve_smoke,
     validate,
 )
@@ -54,6 +56,7 @@ def test_unknown_key_is_an_error_listing_the_known_ones(tmp_path: Path, capsys: 
         ({"run_name": "a/b"}, "--run-name"),
         ({"fuse_at": (5,)}, "--fuse-at"),
         ({"model_kwargs": ("oops",)}, "--model-kwargs"),
+        ({"report_every": -1}, "--report-every"),
     ],
 )
 def test_validate_names_the_flag(overrides: dict[str, object], flag: str) -> None:
@@ -87,3 +90,12 @@ def test_lr_warms_up_then_decays_to_the_floor() -> None:
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert lr_factor(110, cfg) == pytest.approx(0.01)
+
+
+def test_reports_only_with_checkpoints_unless_asked() -> None:
+    cfg = PretrainConfig(checkpoint_every=4, max_steps=10)
+    kinds = {s: report_kind(s, cfg) for s in range(1, 11)}
+    assert {s for s, k in kinds.items() if k} == {4, 8, 10} and set(kinds.values()) == {"checkpoint", None}
+    every3 = {s: report_kind(s, replace(cfg, report_every=3)) for s in range(1, 11)}
+    assert {s for s, k in every3.items() if k == "metrics"} == {3, 6, 9}  # step 12 would be a checkpoint
+    assert {s for s, k in every3.items() if k == "checkpoint"} == {4, 8, 10}
