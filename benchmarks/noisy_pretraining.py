@@ -18,10 +18,13 @@ The experiment of docs/noisy-pretraining.md "The sample experiment", through the
    encoder. Val mIoU at the best and at the last epoch.
 4. **Divergence** (``rsvheat.divergence``): clean run 0 (A) vs the noisy run (B), floor from the clean runs.
 
-Writes ``benchmarks/out/noisy_pretraining-<stamp>.json`` and the ``noisy-pretraining`` section of
-``benchmarks/RESULTS.md``; work files (ingest, runs, checkpoints, divergence.csv/png) under ``--work``.
+Each of ``--seeds`` (the seed also picks the split and the clean subset) is one whole experiment and writes
+``benchmarks/out/noisy_pretraining-<stamp>.json``; the ``noisy-pretraining`` section of ``benchmarks/RESULTS.md`` is
+rendered from the records of the run (or of ``--render JSON ...``): one subsection per seed and a table of the seeds
+together. Work files (ingest, runs, checkpoints, divergence.csv/png) go under ``--work``.
 
-    python benchmarks/noisy_pretraining.py                     # 11 min on the shared 2-core machine
+    python benchmarks/noisy_pretraining.py                     # seeds 0 and 1, ~11 min each on the 2-core machine
+    python benchmarks/noisy_pretraining.py --render benchmarks/out/noisy_pretraining-*.json
     python benchmarks/noisy_pretraining.py --pretrain-steps 20 --finetune-epochs 2 --floor-runs 2 --no-results
 """
 
@@ -237,9 +240,8 @@ def results_markdown(record: dict[str, Any]) -> str:
     lines = [
         f"**{record['date_utc'][:16].replace('T', ' ')} UTC, {machine['cpu_model']} ({machine['cpu_count']} cores, "
         f"shared; load {record['load_start']['1m']} at start, {record['load_end']['1m']} at the end), "
-        f"`python benchmarks/noisy_pretraining.py {flags}`, {r['total_wall_s'] / 60:.1f} min.** One seed "
-        f"({a['seed']}), one run per arm: small differences need runs of other seeds (`--seed`, which also picks "
-        "the split and the clean subset) before they mean anything.",
+        f"`python benchmarks/noisy_pretraining.py {flags}`, {r['total_wall_s'] / 60:.1f} min.** Seed "
+        f"{a['seed']}, one run per arm.",
         "",
         f"Sample S2 L1C scene, 120 px chips. Pretraining: `{a['model']}`, {a['pretrain_steps']} steps x "
         f"{a['batch_size']} chips, lr {a['pretrain_lr']}, one CPU worker, on {s['pretrain_chips']} training-block "
@@ -284,40 +286,57 @@ def results_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=OUT_DIR / "noisy_pretraining",
-                        help="ingest (reused) and this run's outputs")
-    parser.add_argument("--model", default="rsvheat_test")
-    parser.add_argument("--pretrain-steps", type=int, default=100)
-    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--finetune-epochs", type=int, default=10)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--encoder", choices=("full", "frozen", "layer-decay"), default="full")
-    parser.add_argument("--clean-fraction", type=float, default=0.1, help="share of training chips with clean labels")
-    parser.add_argument("--floor-runs", type=int, default=3, help="clean runs for the noise floor (>= 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-results", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
-    args = parser.parse_args(argv)
-    if args.floor_runs < 2:
-        parser.error("--floor-runs must be at least 2 (the floor needs a pair of clean runs)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from jobs._finetune_samples import build_sample_task
-    from jobs._ray import init_ray
+def seeds_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """Val mIoU at the last epoch per arm and seed, with the mean and the gain over random initialisation."""
+    arms = (("random", "random"), ("ssl", "SSL"), ("noisy", "noisy labels"))
+    last = [{f["arm"]: f["last_miou"] for f in r["results"]["finetune"]} for r in records]
+    seeds = [r["args"]["seed"] for r in records]
+    head = ([f"seed {s}" for s in seeds] + ["mean"]
+            + [f"vs random, seed {s}" for s in seeds] + ["vs random, mean"])
+    lines = [
+        "The seed picks the fine-tuning split ("
+        + ", ".join(f"{r['subsets']['val_chips']}" for r in records) + " validation chips), the clean subset ("
+        + ", ".join(f"{r['subsets']['small_train_chips']}" for r in records) + " chips), the initialisation and the "
+        "data order, so the comparison is within a seed; val mIoU at the last epoch:",
+        "",
+        "| initialisation | " + " | ".join(head) + " |",
+        "|---|" + "---:|" * len(head),
+    ]
+    for arm, label in arms:
+        values = [m[arm] for m in last]
+        gains = [m[arm] - m["random"] for m in last]
+        cells = [f"{v:.3f}" for v in values] + [f"{np.mean(values):.3f}"]
+        cells += (["-"] * (len(gains) + 1) if arm == "random"
+                  else [f"{g:+.3f}" for g in gains] + [f"{np.mean(gains):+.3f}"])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
-    record = run_header(sys.argv if argv is None else ["benchmarks/noisy_pretraining.py", *argv])
-    record["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    started = time.perf_counter()
-    init_ray()
-    data, _ = build_sample_task("segmentation", SAMPLES, args.work / "data")
-    subsets = prepare_labels(data, clean_fraction=args.clean_fraction, seed=args.seed)
-    record["subsets"] = {"pretrain_chips": subsets.pretrain_chips, "small_train_chips": subsets.small_train_chips,
-                         "val_chips": subsets.val_chips, "finetune_val_fraction": subsets.finetune_val_fraction}
+
+def section_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """The whole ``noisy-pretraining`` section: one subsection per seed, then the seeds together."""
+    records = sorted(records, key=lambda r: r["args"]["seed"])
+    if len({r["args"]["seed"] for r in records}) != len(records):
+        raise ValueError("two records of the same seed: pass one JSON per seed to --render")
+    parts = [f"### Seed {r['args']['seed']}\n\n{results_markdown(r)}" for r in records]
+    if len(records) > 1:
+        parts.append(f"### {len(records)} seeds together\n\n{seeds_markdown(records)}")
+    return "\n\n".join(parts)
+
+
+def run_seed(args: argparse.Namespace, seed: int, argv: Sequence[str]) -> dict[str, Any]:
+    """One whole experiment at ``seed``; its record is written to ``benchmarks/out/`` and returned."""
+    from jobs._finetune_samples import build_sample_task
     from pipeline.labels import read_labels
 
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
+    record = run_header(list(argv))
+    record["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in
+                      ("seeds", "render")}
+    started = time.perf_counter()
+    data, _ = build_sample_task("segmentation", SAMPLES, args.work / "data")
+    subsets = prepare_labels(data, clean_fraction=args.clean_fraction, seed=seed)
+    record["subsets"] = {"pretrain_chips": subsets.pretrain_chips, "small_train_chips": subsets.small_train_chips,
+                         "val_chips": subsets.val_chips, "finetune_val_fraction": subsets.finetune_val_fraction}
     record["subsets"]["pretrain_chips_ssl"] = read_labels(data, REFERENCE)[1].chips
     out = args.work / utc_stamp()
     results: dict[str, Any] = {"labels": label_agreement(data), "prepare_wall_s": round(time.perf_counter() - started)}
@@ -337,9 +356,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     record["results"] = results
     record["load_end"] = load_average()
     path = write_json(record, "noisy_pretraining")
-    markdown = results_markdown(record)
-    print(markdown)
     print(f"wrote {path}; work files in {out}")
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=OUT_DIR / "noisy_pretraining",
+                        help="ingest (reused) and this run's outputs")
+    parser.add_argument("--model", default="rsvheat_test")
+    parser.add_argument("--pretrain-steps", type=int, default=100)
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--encoder", choices=("full", "frozen", "layer-decay"), default="full")
+    parser.add_argument("--clean-fraction", type=float, default=0.1, help="share of training chips with clean labels")
+    parser.add_argument("--floor-runs", type=int, default=3, help="clean runs for the noise floor (>= 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="one whole experiment per seed (the seed also picks the split and the clean subset)")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                        help="only re-render the RESULTS.md section from these records (one per seed)")
+    parser.add_argument("--no-results", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.floor_runs < 2:
+        parser.error("--floor-runs must be at least 2 (the floor needs a pair of clean runs)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.render:
+        records = [json.loads(path.read_text()) for path in args.render]
+    else:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        from jobs._ray import init_ray
+
+        init_ray()
+        command = sys.argv if argv is None else ["benchmarks/noisy_pretraining.py", *argv]
+        records = [run_seed(args, seed, command) for seed in args.seeds]
+    markdown = section_markdown(records)
+    print(markdown)
     if not args.no_results:
         write_results_section("noisy-pretraining", "## Noisy-label pretraining (`benchmarks/noisy_pretraining.py`)"
                               "\n\n" + markdown)
