@@ -165,14 +165,20 @@ class ReferenceState:
                 "tile grid changed: start a new --state directory for it."
             )
         n = self.obs.shape[0]
-        slot = self.count % n  # (H, W)
-        for s in range(n):
-            where = valid & (slot == s)
-            if where.any():
-                np.copyto(self.obs[s], image, where=where[None])  # (H, W) -> (1, H, W) over bands
-                self.dirty.add(s)
-        self.count[valid] += 1
-        self.last_valid[valid] = day
+        if valid.any():
+            low = int(self.count.min(where=valid, initial=np.iinfo(self.count.dtype).max))
+            high = int(self.count.max(where=valid, initial=0))
+            if low == high:  # every valid pixel writes the same slot (the usual case): one masked copy
+                writes = [(low % n, valid)]
+            else:
+                slot = self.count % n  # (H, W)
+                writes = [(s, valid & (slot == s)) for s in range(n)]
+            for s, where in writes:
+                if where.any():
+                    np.copyto(self.obs[s], image, where=where[None])  # (H, W) -> (1, H, W) over bands
+                    self.dirty.add(s)
+        np.add(self.count, valid, out=self.count, casting="unsafe")  # +1 where valid
+        np.copyto(self.last_valid, day, where=valid)
         self.version += 1
         self.sigma = self._sigma()
 
@@ -227,5 +233,10 @@ class ReferenceState:
         meta = json.loads((path / "reference.json").read_text())
         arrays = {name: np.load(path / f"{name}.npy") for name in ("count", "last_valid", "sigma")}
         slots = sorted(path.glob("obs_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
-        obs = np.stack([np.load(p) for p in slots])  # N x (C, H, W) -> (N, C, H, W)
+        if not slots:
+            raise FileNotFoundError(f"{path} holds no observation slots (obs_*.npy); delete it to start the tile anew")
+        first = np.load(slots[0], mmap_mode="r")
+        obs = np.empty((len(slots), *first.shape), first.dtype)  # N x (C, H, W) -> (N, C, H, W), one copy each
+        for s, slot in enumerate(slots):
+            obs[s] = np.load(slot, mmap_mode="r")
         return cls(version=int(meta.pop("version")), meta=meta, obs=obs, **arrays)

@@ -19,6 +19,7 @@ __all__ = [
 GREEN, RED, NIR, SWIR2 = ("B03", "green"), ("B04", "red"), ("B08", "nir", "B8A", "nir08"), ("B12", "swir22")
 SAR_POLS = ("vv", "vh", "hh", "hv")
 SAR_BOXCAR = 5  # 5x5 boxcar speckle filter before the log ratio
+_STRIP = 64  # rows per strip of a pointwise score: 64 x 10980 float32 temporaries fit in cache
 
 
 def band_index(bands: Sequence[str], names: Sequence[str]) -> int | None:
@@ -72,17 +73,23 @@ def _index_pairs(bands: Sequence[str]) -> list[tuple[int, int]]:
 def index_delta(x_t: np.ndarray, x_ref: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     """d = max(|ΔNDVI|, |ΔNDWI|, |ΔNBR|) (those whose bands exist; NDVI is required): robust to illumination.
 
-    One index at a time into a running maximum, in float32, reading only the index bands of ``x_t`` and ``x_ref``.
+    Pointwise, so computed in strips of ``_STRIP`` rows (the float32 temporaries stay in cache), one index at a time
+    into a running maximum; inputs in any numeric dtype are read as float32.
     """
-    def delta(a: int, b: int) -> np.ndarray:
-        d = _nd(x_t[a], x_t[b])
-        d -= _nd(x_ref[a], x_ref[b])
+    first, *rest = _index_pairs(bands)
+
+    def delta(t: np.ndarray, ref: np.ndarray, a: int, b: int) -> np.ndarray:
+        d = _nd(t[a], t[b])
+        d -= _nd(ref[a], ref[b])
         return np.abs(d, out=d)
 
-    first, *rest = _index_pairs(bands)
-    out = delta(*first)
-    for a, b in rest:
-        np.maximum(out, delta(a, b), out=out)
+    out = np.empty(x_t.shape[-2:], np.float32)
+    for r in range(0, out.shape[0], _STRIP):
+        t, ref = x_t[:, r : r + _STRIP], x_ref[:, r : r + _STRIP]
+        part = delta(t, ref, *first)
+        for a, b in rest:
+            np.maximum(part, delta(t, ref, a, b), out=part)
+        out[r : r + _STRIP] = part
     return out
 
 
