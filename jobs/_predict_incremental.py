@@ -238,7 +238,7 @@ class TileRunner:
         outputs: dict[str, np.ndarray] = {}
         model = Stopwatch()
         full_keys = [d.key for d in decisions if d.recompute and not (
-            self.subchip and d.reason == "changed" and cache.get(d.key) is not None)]
+            self.subchip and d.reason == "changed" and d.key in cache.meta)]  # cached: crop + halo on top of it
         crop_keys = [d.key for d in decisions if d.recompute and d.key not in set(full_keys)]
         chip_of = {_key(c): c for c in windows}
         pixels = 0

@@ -59,17 +59,29 @@ class ChipDecision:
 def chip_fractions(
     mask: np.ndarray, windows: Sequence[tuple[int, int, int, int]]
 ) -> np.ndarray:
-    """Fraction of each window's in-tile pixels where ``mask`` is True, ``(N,)`` float64 (summed-area table, so
-    thousands of overlapping windows cost one pass)."""
+    """Fraction of each window's in-tile pixels where ``mask`` is True, ``(N,)`` float64.
+
+    A summed-area table sampled only at the window edges: one pass sums the mask over the bands between
+    consecutive edge rows and columns (``np.add.reduceat``), so thousands of overlapping windows cost one read.
+    """
     h, w = mask.shape
-    sat = np.zeros((h + 1, w + 1), np.int64)
-    sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
-    out = np.zeros(len(windows), np.float64)
-    for i, (c, r, ww, wh) in enumerate(windows):
-        c0, r0, c1, r1 = max(c, 0), max(r, 0), min(c + ww, w), min(r + wh, h)
-        area = max(c1 - c0, 0) * max(r1 - r0, 0)
-        if area:
-            out[i] = (sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]) / area
+    win = np.asarray(windows, np.int64).reshape(-1, 4)  # (N, 4) col, row, width, height
+    c0, r0 = np.clip(win[:, 0], 0, w), np.clip(win[:, 1], 0, h)
+    c1, r1 = np.clip(win[:, 0] + win[:, 2], 0, w), np.clip(win[:, 1] + win[:, 3], 0, h)
+    area = np.maximum(c1 - c0, 0) * np.maximum(r1 - r0, 0)
+    out = np.zeros(len(win), np.float64)
+    if not area.any() or not mask.any():
+        return out
+    rows = np.unique(np.concatenate([[0, h], r0, r1]))  # edge rows, ascending, 0 and h included
+    cols = np.unique(np.concatenate([[0, w], c0, c1]))
+    band = np.add.reduceat(mask.view(np.uint8), rows[:-1], axis=0, dtype=np.int64)  # (R - 1, W)
+    band = np.add.reduceat(band, cols[:-1], axis=1)  # (R - 1, C - 1): pixels per cell between edges
+    sat = np.zeros((len(rows), len(cols)), np.int64)
+    sat[1:, 1:] = band.cumsum(axis=0).cumsum(axis=1)  # sat[i, j]: pixels above rows[i] and left of cols[j]
+    i0, i1 = np.searchsorted(rows, r0), np.searchsorted(rows, r1)
+    j0, j1 = np.searchsorted(cols, c0), np.searchsorted(cols, c1)
+    total = sat[i1, j1] - sat[i0, j1] - sat[i1, j0] + sat[i0, j0]
+    np.divide(total, area, out=out, where=area > 0)
     return out
 
 

@@ -20,7 +20,7 @@ __all__ = ["ReferenceState", "day_number"]
 
 _EPOCH = date(1970, 1, 1)
 NEVER = -1  # last-valid day of a pixel never observed clear
-_STRIP = 256  # rows per median strip: (N, C, 256, W) float32 at a time
+_STRIP = 256  # rows per median strip: (C, 256, W) temporaries at a time
 _SIGMA_STEP = 4  # sigma_b from every 4th pixel along each axis: 1/16 of the tile is plenty for a per-band spread
 
 
@@ -28,6 +28,30 @@ def day_number(when: date) -> int:
     """Days since 1970-01-01 (the unit of ``last_valid``)."""
     day = when.date() if isinstance(when, datetime) else when
     return (day - _EPOCH).days
+
+
+def _median_of(values: np.ndarray) -> np.ndarray:
+    """float32 median over axis 0 of ``(k, ...)`` values, k >= 1. Up to four values by a min/max network in the
+    stored dtype (no sort, no float copy of the inputs); the two middle values are averaged for an even k."""
+    k = values.shape[0]
+    if k == 1:
+        return values[0].astype(np.float32)
+    if k == 2:
+        lo, hi = values[0], values[1]
+    elif k == 3:
+        a, b = np.minimum(values[0], values[1]), np.maximum(values[0], values[1])
+        return np.maximum(a, np.minimum(b, values[2], out=b), out=a).astype(np.float32)
+    elif k == 4:
+        a, b = np.minimum(values[0], values[1]), np.maximum(values[0], values[1])
+        c, d = np.minimum(values[2], values[3]), np.maximum(values[2], values[3])
+        lo, hi = np.maximum(a, c, out=a), np.minimum(b, d, out=b)  # the second smallest and second largest
+    else:
+        ordered = np.sort(values.astype(np.float32), axis=0)
+        lo, hi = ordered[(k - 1) // 2], ordered[k // 2]
+    out = lo.astype(np.float32)
+    out += hi
+    out *= 0.5
+    return out
 
 
 @dataclass
@@ -97,41 +121,34 @@ class ReferenceState:
         """``(H, W)`` pixels with at least one clear observation."""
         return self.count > 0
 
-    def median(self, rows: slice | None = None) -> np.ndarray:
-        """``(C, h, W)`` float32 per-pixel median of the filled slots (rows ``rows``, default all, computed in
-        strips of ``_STRIP`` rows to bound memory); 0 where never observed."""
-        if rows is None:
-            height = self.count.shape[0]
-            return np.concatenate(
-                [self._median(slice(r, min(r + _STRIP, height))) for r in range(0, height, _STRIP)] or
-                [self._median(slice(0, 0))], axis=1)
-        return self._median(rows)
+    def median(self, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
+        """``(C, h, w)`` float32 per-pixel median of the filled slots (rows ``rows`` and columns ``cols``, default all,
+        computed in strips of ``_STRIP`` rows to bound memory); 0 where never observed."""
+        height, width = self.count.shape
+        rows, cols_ = rows or slice(None), cols or slice(None)
+        if (rows.step or 1) < 0 or (cols_.step or 1) < 0:
+            raise ValueError(f"median(rows={rows}, cols={cols_}): slices must run forward (a positive step)")
+        rows = range(height)[rows]
+        out = np.empty((self.obs.shape[1], len(rows), len(range(width)[cols_])), np.float32)
+        for r in range(0, len(rows), _STRIP):  # strip r covers output rows r .. r + _STRIP
+            part = rows[r : r + _STRIP]
+            out[:, r : r + len(part)] = self._median(slice(part.start, part.stop, part.step), cols_)
+        return out
 
-    def _median(self, rows: slice) -> np.ndarray:
+    def _median(self, rows: slice, cols: slice) -> np.ndarray:
         n = self.obs.shape[0]
-        if n == 1:
-            return self.obs[0, :, rows].astype(np.float32)
-        k = np.minimum(self.count[rows], n)[None]  # (1, h, W) filled slots
-        obs = self.obs[:, :, rows].astype(np.float32)  # (N, C, h, W)
-        filled = np.arange(n)[:, None, None, None] < k[None]  # (N, 1, h, W)
-        if n <= 4:  # closed forms: median of 1..4 values from their sum, min and max (no sort)
-            total = np.where(filled, obs, 0.0).sum(axis=0)
-            seen = k > 0
-            low = np.where(seen, np.where(filled, obs, np.inf).min(axis=0), 0.0)  # never observed: 0, not inf
-            high = np.where(seen, np.where(filled, obs, -np.inf).max(axis=0), 0.0)
-            out = np.select(
-                [k == 1, k == 2, k == 3, k == 4],
-                [total, total / 2, total - low - high, (total - low - high) / 2], default=0.0,
-            )
-            return out.astype(np.float32)
-        obs = np.where(filled, obs, np.inf)
-        obs.sort(axis=0)  # unfilled slots sort last
-        lo = np.maximum((k - 1) // 2, 0)[None]  # (1, 1, h, W)
-        hi = np.maximum(k // 2, 0)[None]
-        shape = (1, obs.shape[1], *k.shape[1:])
-        a = np.take_along_axis(obs, np.broadcast_to(lo, shape), axis=0)[0]  # (C, h, W)
-        b = np.take_along_axis(obs, np.broadcast_to(hi, shape), axis=0)[0]
-        return np.where(k > 0, (a + b) / 2, 0.0).astype(np.float32)  # even count: mean of the two middle values
+        obs = self.obs[:, :, rows, cols]  # (N, C, h, w), a view in the stored dtype
+        k = np.minimum(self.count[rows, cols], n)  # (h, w) filled slots
+        if k.size == 0:
+            return np.zeros(obs.shape[1:], np.float32)
+        low, high = int(k.min()), int(k.max())
+        # every pixel as if it had `high` observations (the usual case, no gather), then the pixels with fewer
+        out = _median_of(obs[:high]) if high > 0 else np.zeros(obs.shape[1:], np.float32)
+        for filled in range(low, high):
+            where = k == filled  # (h, w)
+            if where.any():
+                out[:, where] = _median_of(obs[:filled][:, :, where]) if filled else 0.0  # (filled, C, P) -> (C, P)
+        return out
 
     def fold(self, image: np.ndarray, valid: np.ndarray, day: int) -> None:
         """Fold one scene in: its valid pixels become the newest observation; invalid pixels keep their old state.
@@ -148,20 +165,26 @@ class ReferenceState:
                 "tile grid changed: start a new --state directory for it."
             )
         n = self.obs.shape[0]
-        slot = self.count % n  # (H, W)
-        for s in range(n):
-            where = valid & (slot == s)
-            if where.any():
-                np.copyto(self.obs[s], image, where=where[None])  # (H, W) -> (1, H, W) over bands
-                self.dirty.add(s)
-        self.count[valid] += 1
-        self.last_valid[valid] = day
+        if valid.any():
+            low = int(self.count.min(where=valid, initial=np.iinfo(self.count.dtype).max))
+            high = int(self.count.max(where=valid, initial=0))
+            if low == high:  # every valid pixel writes the same slot (the usual case): one masked copy
+                writes = [(low % n, valid)]
+            else:
+                slot = self.count % n  # (H, W)
+                writes = [(s, valid & (slot == s)) for s in range(n)]
+            for s, where in writes:
+                if where.any():
+                    np.copyto(self.obs[s], image, where=where[None])  # (H, W) -> (1, H, W) over bands
+                    self.dirty.add(s)
+        np.add(self.count, valid, out=self.count, casting="unsafe")  # +1 where valid
+        np.copyto(self.last_valid, day, where=valid)
         self.version += 1
         self.sigma = self._sigma()
 
     def _sigma(self) -> np.ndarray:
         sub = slice(None, None, _SIGMA_STEP)
-        med = self.median(rows=sub)[:, :, sub]  # (C, h/4, W/4)
+        med = self.median(rows=sub, cols=sub)  # (C, H/4, W/4)
         seen = self.valid[sub, sub]
         if not seen.any():
             return np.ones(self.obs.shape[1], np.float32)
@@ -210,5 +233,10 @@ class ReferenceState:
         meta = json.loads((path / "reference.json").read_text())
         arrays = {name: np.load(path / f"{name}.npy") for name in ("count", "last_valid", "sigma")}
         slots = sorted(path.glob("obs_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
-        obs = np.stack([np.load(p) for p in slots])  # N x (C, H, W) -> (N, C, H, W)
+        if not slots:
+            raise FileNotFoundError(f"{path} holds no observation slots (obs_*.npy); delete it to start the tile anew")
+        first = np.load(slots[0], mmap_mode="r")
+        obs = np.empty((len(slots), *first.shape), first.dtype)  # N x (C, H, W) -> (N, C, H, W), one copy each
+        for s, slot in enumerate(slots):
+            obs[s] = np.load(slot, mmap_mode="r")
         return cls(version=int(meta.pop("version")), meta=meta, obs=obs, **arrays)

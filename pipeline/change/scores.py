@@ -19,6 +19,7 @@ __all__ = [
 GREEN, RED, NIR, SWIR2 = ("B03", "green"), ("B04", "red"), ("B08", "nir", "B8A", "nir08"), ("B12", "swir22")
 SAR_POLS = ("vv", "vh", "hh", "hv")
 SAR_BOXCAR = 5  # 5x5 boxcar speckle filter before the log ratio
+_STRIP = 64  # rows per strip of a pointwise score: 64 x 10980 float32 temporaries fit in cache
 
 
 def band_index(bands: Sequence[str], names: Sequence[str]) -> int | None:
@@ -46,30 +47,50 @@ def norm_diff(x_t: np.ndarray, x_ref: np.ndarray, sigma: np.ndarray) -> np.ndarr
 
 
 def _nd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float32), b.astype(np.float32)
+    """(a - b)/(a + b) in float32, 0 where a + b is 0 (inputs float32 already are not copied)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     s = a + b
     return np.divide(a - b, s, out=np.zeros_like(s), where=s != 0)
 
 
-def _indices(x: np.ndarray, bands: Sequence[str]) -> list[np.ndarray]:
+def _index_pairs(bands: Sequence[str]) -> list[tuple[int, int]]:
+    """The (a, b) channels of each normalised difference (a - b)/(a + b) index_delta reads: NDVI, then NDWI and NBR
+    when their bands exist."""
     red, nir, green, swir = (band_index(bands, n) for n in (RED, NIR, GREEN, SWIR2))
     if red is None or nir is None:
         raise ValueError(
             f"index_delta needs red (B04) and near-infrared (B08) bands; the data has {list(bands)}. Use "
             "change_score: norm_diff for other sensors."
         )
-    out = [_nd(x[nir], x[red])]  # NDVI = (B8 - B4)/(B8 + B4)
+    pairs = [(nir, red)]  # NDVI = (B8 - B4)/(B8 + B4)
     if green is not None:
-        out.append(_nd(x[green], x[nir]))  # NDWI = (B3 - B8)/(B3 + B8)
+        pairs.append((green, nir))  # NDWI = (B3 - B8)/(B3 + B8)
     if swir is not None:
-        out.append(_nd(x[nir], x[swir]))  # NBR = (B8 - B12)/(B8 + B12); B12 is on the 10 m grid after ingest
-    return out
+        pairs.append((nir, swir))  # NBR = (B8 - B12)/(B8 + B12); B12 is on the 10 m grid after ingest
+    return pairs
 
 
 def index_delta(x_t: np.ndarray, x_ref: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-    """d = max(|ΔNDVI|, |ΔNDWI|, |ΔNBR|) (those whose bands exist; NDVI is required): robust to illumination."""
-    now, ref = _indices(x_t, bands), _indices(x_ref, bands)
-    return np.max(np.abs(np.stack(now) - np.stack(ref)), axis=0).astype(np.float32)  # (I, H, W) -> (H, W)
+    """d = max(|ΔNDVI|, |ΔNDWI|, |ΔNBR|) (those whose bands exist; NDVI is required): robust to illumination.
+
+    Pointwise, so computed in strips of ``_STRIP`` rows (the float32 temporaries stay in cache), one index at a time
+    into a running maximum; inputs in any numeric dtype are read as float32.
+    """
+    first, *rest = _index_pairs(bands)
+
+    def delta(t: np.ndarray, ref: np.ndarray, a: int, b: int) -> np.ndarray:
+        d = _nd(t[a], t[b])
+        d -= _nd(ref[a], ref[b])
+        return np.abs(d, out=d)
+
+    out = np.empty(x_t.shape[-2:], np.float32)
+    for r in range(0, out.shape[0], _STRIP):
+        t, ref = x_t[:, r : r + _STRIP], x_ref[:, r : r + _STRIP]
+        part = delta(t, ref, *first)
+        for a, b in rest:
+            np.maximum(part, delta(t, ref, a, b), out=part)
+        out[r : r + _STRIP] = part
+    return out
 
 
 def embed_delta(f_t: np.ndarray, f_ref: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -90,9 +90,9 @@ def run_change_stage(
         if classes.scored.sum() >= _MIN_COREG_PIXELS:
             b = _coreg_band(names)
             shift, misregistered = misregistration(x_t[b], x_ref[b], classes.scored, cfg.coreg.max_shift_px)
-        score = change_score(cfg.change_score, x_t.astype(np.float32), x_ref, bands=names, sigma=reference.sigma,
-                             features=features)
-        score = np.where(classes.scored, score, 0.0).astype(np.float32)
+        score = change_score(cfg.change_score, x_t, x_ref, bands=names, sigma=reference.sigma, features=features)
+        score = np.asarray(score, np.float32)  # every score returns a fresh float32 map: zeroed in place
+        score[~classes.scored] = 0.0
         tau = pixel_threshold(score, classes.scored, cfg.tau_pix)
     changed = changed_mask(score, classes, tau, cfg.morphology, halo)
     return ChangeResult(

@@ -7,10 +7,10 @@ halo (R px in sub-chip crop mode, 0 for chip-level reuse) covers the outputs a c
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from pipeline.change.config import MorphologyConfig, TauPixConfig
-from pipeline.change.validity import PixelClasses, dilate
+from pipeline.change.morphology import dilate, opening
+from pipeline.change.validity import PixelClasses
 
 __all__ = ["changed_mask", "otsu_threshold", "pixel_threshold"]
 
@@ -54,6 +54,5 @@ def changed_mask(score: np.ndarray, classes: PixelClasses, tau: float, cfg: Morp
         halo: the model's halo in pixels (R for crop + halo, 0 for chip-level reuse).
     """
     changed = (classes.scored & (score > tau)) | classes.newly_valid
-    if cfg.open_px > 1 and changed.any():
-        changed = ndimage.binary_opening(changed, structure=np.ones((cfg.open_px, cfg.open_px), bool))
+    changed = opening(changed, cfg.open_px)
     return dilate(changed, halo if cfg.halo_px is None else cfg.halo_px)

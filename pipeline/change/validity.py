@@ -11,18 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from pipeline.change.config import ValidityConfig
+from pipeline.change.morphology import dilate
 
-__all__ = ["PixelClasses", "dilate", "pixel_classes", "validity_mask"]
-
-
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """``mask`` grown by ``radius`` pixels (a ``(2r+1)²`` square, so the Chebyshev distance); radius 0: unchanged."""
-    if radius <= 0 or not mask.any():
-        return mask.copy()
-    return ndimage.binary_dilation(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool))
+__all__ = ["PixelClasses", "pixel_classes", "validity_mask"]
 
 
 def validity_mask(

@@ -90,3 +90,18 @@ def test_newly_valid_driven_chips_are_counted() -> None:
     acc = Accounting()
     acc.add(decisions, tau_chip=0.005)
     assert acc.chips_newly_valid_driven == 1 and acc.recomputed_by_reason == {"changed": 1}
+
+
+def test_chip_fractions_equal_a_direct_count_for_any_windows() -> None:
+    rng = np.random.default_rng(0)
+    for density in (0.0, 0.02, 0.5, 1.0):
+        mask = rng.random((37, 53)) < density
+        windows = [(int(c), int(r), int(w), int(h)) for c, r, w, h in zip(
+            rng.integers(-20, 60, 40), rng.integers(-20, 45, 40), rng.integers(0, 40, 40), rng.integers(0, 40, 40),
+            strict=True)]
+        expected = []
+        for c, r, w, h in windows:
+            part = mask[max(r, 0) : max(r + h, 0), max(c, 0) : max(c + w, 0)]
+            expected.append(part.mean() if part.size else 0.0)
+        np.testing.assert_array_equal(chip_fractions(mask, windows), np.asarray(expected))
+    assert chip_fractions(mask, []).shape == (0,)

@@ -59,3 +59,36 @@ def test_a_scene_on_another_grid_is_refused() -> None:
 def test_day_number() -> None:
     assert day_number(date(1970, 1, 11)) == 10
     assert day_number(datetime(2024, 1, 2, 23, tzinfo=UTC)) - day_number(date(2024, 1, 1)) == 1
+
+
+@pytest.mark.parametrize("n_obs", [1, 2, 3, 4, 5, 6])
+def test_median_equals_numpy_median_of_the_filled_slots(n_obs: int) -> None:
+    """The min/max network (up to 4 values) and the sort (more) give the exact median for every count, including
+    pixels that have fewer observations than their neighbours and pixels never observed (0)."""
+    rng = np.random.default_rng(n_obs)
+    ref = ReferenceState.empty(n_obs, (2, 30, 11), np.dtype(np.uint16), {})
+    for day in range(n_obs + 2):
+        image = rng.integers(0, 65535, (2, 30, 11)).astype(np.uint16)
+        valid = rng.random((30, 11)) > 0.3
+        valid[0, 0] = False  # never observed
+        ref.fold(image, valid, day)
+        med = ref.median()
+        for r in range(30):
+            for c in range(11):
+                k = min(int(ref.count[r, c]), n_obs)
+                expected = np.median(ref.obs[:k, :, r, c].astype(np.float64), axis=0) if k else np.zeros(2)
+                np.testing.assert_array_equal(med[:, r, c], expected.astype(np.float32))
+    assert med.dtype == np.float32 and np.all(med[:, 0, 0] == 0)
+
+
+def test_median_of_strided_rows_and_columns_equals_the_slice() -> None:
+    rng = np.random.default_rng(3)
+    ref = ReferenceState.empty(4, (3, 530, 40), np.dtype(np.uint16), {})
+    for day in range(3):
+        ref.fold(rng.integers(1, 5000, (3, 530, 40)).astype(np.uint16), rng.random((530, 40)) > 0.2, day)
+    full = ref.median()
+    np.testing.assert_array_equal(ref.median(rows=slice(None, None, 4), cols=slice(None, None, 4)),
+                                  full[:, ::4, ::4])
+    np.testing.assert_array_equal(ref.median(rows=slice(3, 500, 7), cols=slice(5, 31)), full[:, 3:500:7, 5:31])
+    with pytest.raises(ValueError, match="positive step"):
+        ref.median(rows=slice(None, None, -1))

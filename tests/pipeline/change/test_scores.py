@@ -131,3 +131,21 @@ def test_unknown_config_keys_are_named() -> None:
         incremental_config({"change_score": "ndvi"})
     cfg = incremental_config({"chip": {"tau_chip": 0.01}, "validity": {"scl_valid": [4, 5]}})
     assert cfg.chip.tau_chip == 0.01 and cfg.validity.scl_valid == (4, 5) and cfg.chip.max_age_days == 90
+
+
+def test_index_delta_is_the_largest_index_difference_with_zero_denominators_at_zero() -> None:
+    rng = np.random.default_rng(5)
+    bands = ["B03", "B04", "B08", "B12"]
+    x_t = rng.integers(0, 4, (4, 20, 30)).astype(np.float32)  # small values: many zero sums
+    x_ref = rng.integers(0, 4, (4, 20, 30)).astype(np.float32)
+
+    def nd(x: np.ndarray, a: int, b: int) -> np.ndarray:
+        s = x[a] + x[b]
+        return np.where(s != 0, (x[a] - x[b]) / np.where(s != 0, s, 1), 0).astype(np.float32)
+
+    pairs = [(2, 1), (0, 2), (2, 3)]  # NDVI, NDWI, NBR in the channel order of `bands`
+    expected = np.max([np.abs(nd(x_t, a, b) - nd(x_ref, a, b)) for a, b in pairs], axis=0)
+    got = index_delta(x_t, x_ref, bands)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(index_delta(x_t.astype(np.uint16), x_ref, bands), expected)  # stored DNs too
