@@ -414,6 +414,10 @@ class HeatConduction2d(nn.Module):
             raise ValueError("This HCO was built with spatial_correction=True but received no SCE.")
         # dwconv (after the RS-vHeat correction) -> Linear(C, 2C) as two GEMMs on the weight halves (contiguous u and
         # z); in training only x is kept, the depthwise conv is recomputed in backward (docs/hco-training.md).
+        if autocast_enabled(x.device) and torch.is_grad_enabled():
+            # NOTE: keep the autocast-dtype copy the depthwise conv reads anyway (bf16: half the bytes of the fp32
+            # residual stream); for RS-vHeat the correction x + SCE then starts from it too.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.sce_norm is not None:
             norm = self.sce_norm
             inputs = (x, sce, norm.weight, norm.bias, self.dwconv.weight, self.dwconv.bias)

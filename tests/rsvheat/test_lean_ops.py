@@ -109,7 +109,7 @@ def test_lean_ops_under_bf16_autocast_match_plain_autocast() -> None:
 
 
 # (post_norm, sce): most map-sized (B, H, W, C) tensors of fp32 bytes a block may keep, fp32 and bf16 autocast.
-_SAVED_MAPS_BOUND = {(False, False): (13, 9), (True, False): (12, 7.5), (True, True): (13, 8.5)}
+_SAVED_MAPS_BOUND = {(False, False): (13, 8.5), (True, False): (12, 7), (True, True): (13, 8)}
 
 
 @pytest.mark.parametrize(("post_norm", "sce"), list(_SAVED_MAPS_BOUND))
@@ -136,7 +136,7 @@ def test_vheat_block_keeps_at_most_twelve_maps_for_backward(post_norm: bool, sce
     assert saved <= bound * x.numel() * 4
     with torch.autocast("cpu", dtype=torch.bfloat16):
         saved16 = _storage_bytes_saved(lambda: block(x, fve, embedding))
-    # bf16 autocast: every kept map in bf16 (the fp32 block input, FVE and SCE count 1 map each).
+    # bf16 autocast: every kept map in bf16, the block input too (6.7 maps; the fp32 FVE and SCE count 1 map each).
     assert saved16 <= bound16 * x.numel() * 4
 
 
