@@ -355,9 +355,9 @@ class HeatConduction2d(nn.Module):
         """
         autocast_core = self.hco_core_dtype == "autocast" and autocast_enabled(u.device)
         served = self.fixed_k is not None or (self._serves_frozen() and (height, width) in (self._frozen or {}))
-        if not autocast_core and not served and self.to_k is not None and self._decay_needs_graph(fve):
-            if fve is None:
-                self.pre_conductivity(fve)  # raises the error that names the missing FVE
+        learned = fve is not None and self.to_k is not None and self._decay_needs_graph(fve)
+        if learned and not autocast_core and not served:
+            # NOTE: fve None falls through to resolve_decay, which raises the error that names the missing FVE.
             grid = decay_grid(height, width, u.device)[..., None]  # (H, W) -> (H, W, 1)
             weight, bias = self.to_k.weight, self.to_k.bias
             return fve_core(u, fve, weight, bias, grid, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold)
