@@ -8,7 +8,7 @@ The conductivity ``k = ReLU(to_k(FVE))`` is learned per frequency and channel fr
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Literal
 
 import torch
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from rsvheat.errors import DecayNotAvailableError
 from rsvheat.layers.dct import DEFAULT_FFT_THRESHOLD, DCTImpl, dct2d, idct2d, resolve_dct_impl
-from rsvheat.layers.heat_core import conductivity_core, multiplier_core
-from rsvheat.layers.lean_ops import norm_gate
+from rsvheat.layers.heat_core import fve_core, multiplier_core
+from rsvheat.layers.lean_ops import gate_linear, recompute_linear
 from rsvheat.layers.norm import LayerNorm2d
 from rsvheat.layers.precision import autocast_enabled, autocast_off
 
@@ -142,6 +142,26 @@ def heat_conduction(
     decay = decay_from_conductivity(k, x.shape[1], x.shape[2], device=x.device)
     out = apply_decay(x, decay, dct_impl=dct_impl, fft_threshold=fft_threshold, core_dtype="fp32")
     return out.to(x.dtype)
+
+
+def _dwconv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise 3x3 conv (pad 1) of ``(B, C, H, W)``, returned as ``(B, H, W, C)`` (a free view for channels-last)."""
+    return F.conv2d(x, weight, bias, padding=1, groups=weight.shape[0]).permute(0, 2, 3, 1)
+
+
+def _corrected_dwconv(
+    x: torch.Tensor,
+    sce: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """RS-vHeat: ``dwconv(LayerNorm2d(ReLU(x + SCE)))`` as ``(B, H, W, C)``."""
+    corrected = F.relu(x + sce).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+    corrected = F.layer_norm(corrected, (corrected.shape[-1],), norm_weight, norm_bias, eps)
+    return _dwconv_channels_last(corrected.permute(0, 3, 1, 2), weight, bias)  # back to (B, C, H, W)
 
 
 class HeatConduction2d(nn.Module):
@@ -330,15 +350,17 @@ class HeatConduction2d(nn.Module):
         """``IDCT2(DCT2(u) ⊙ decay)`` for this operator's decay (docs/hco-training.md).
 
         In a training step the decay is built inside one autograd function from ``to_k(FVE)`` and freed again:
-        backward keeps the spectrum (or ``u``) and the pre-activation conductivity only. Frozen, cached or fixed
-        decays go through the same function as a constant multiplier.
+        backward keeps the spectrum (or ``u``) and the stage's shared FVE only, and rebuilds ``to_k(FVE)``. Frozen,
+        cached or fixed decays go through the same function as a constant multiplier.
         """
         autocast_core = self.hco_core_dtype == "autocast" and autocast_enabled(u.device)
         served = self.fixed_k is not None or (self._serves_frozen() and (height, width) in (self._frozen or {}))
-        if not autocast_core and not served and self.to_k is not None and self._decay_needs_graph(fve):
+        learned = fve is not None and self.to_k is not None and self._decay_needs_graph(fve)
+        if learned and not autocast_core and not served:
+            # NOTE: fve None falls through to resolve_decay, which raises the error that names the missing FVE.
             grid = decay_grid(height, width, u.device)[..., None]  # (H, W) -> (H, W, 1)
-            pre_k = self.pre_conductivity(fve)
-            return conductivity_core(u, pre_k, grid, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold)
+            weight, bias = self.to_k.weight, self.to_k.bias
+            return fve_core(u, fve, weight, bias, grid, dct_impl=self.dct_impl, fft_threshold=self.fft_threshold)
         decay = self.resolve_decay(height, width, fve, u.device)
         if autocast_core and u.dtype != decay.dtype:
             decay = self._cast_decay(height, width, decay, u.dtype)
@@ -367,7 +389,12 @@ class HeatConduction2d(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(
-        self, x: torch.Tensor, fve: torch.Tensor | None = None, sce: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        fve: torch.Tensor | None = None,
+        sce: torch.Tensor | None = None,
+        post_norm: LayerNorm2d | None = None,
+        post_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply the operator.
 
@@ -375,25 +402,41 @@ class HeatConduction2d(nn.Module):
             x: ``(B, C, H, W)``.
             fve: ``(H, W, C)`` FVE resized to the map size (unused with ``fixed_k`` or a frozen decay for this size).
             sce: ``(1, C, H, W)`` spatial correction embedding resized to the map size (RS-vHeat only).
+            post_norm: a post-norm block's LayerNorm2d, applied to the output here (``post_norm(hco(x),
+                post_scale)``) so that training does not keep its input (docs/hco-training.md).
+            post_scale: ``(C,)`` layer scale folded into ``post_norm``.
 
         Returns:
             ``(B, C, H, W)``.
         """
         _, _, height, width = x.shape
+        if self.sce_norm is not None and sce is None:
+            raise ValueError("This HCO was built with spatial_correction=True but received no SCE.")
+        # dwconv (after the RS-vHeat correction) -> Linear(C, 2C) as two GEMMs on the weight halves (contiguous u and
+        # z); in training only x is kept, the depthwise conv is recomputed in backward (docs/hco-training.md).
+        if autocast_enabled(x.device) and torch.is_grad_enabled():
+            # NOTE: keep the autocast-dtype copy the depthwise conv reads anyway (bf16: half the bytes of the fp32
+            # residual stream); for RS-vHeat the correction x + SCE then starts from it too.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.sce_norm is not None:
-            if sce is None:
-                raise ValueError("This HCO was built with spatial_correction=True but received no SCE.")
-            x = self.sce_norm(F.relu(x + sce))
-        x = self.dwconv(x).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C); a free view for channels-last input
-        # NOTE: Linear(C, 2C) as two GEMMs on the weight halves: contiguous u and z, no copy of a chunk view.
-        weight, bias = self.linear.weight, self.linear.bias
-        u = F.linear(x, weight[: self.dim], bias[: self.dim])  # (B, H, W, C)
-        z = F.linear(x, weight[self.dim :], bias[self.dim :])  # (B, H, W, C)
+            norm = self.sce_norm
+            inputs = (x, sce, norm.weight, norm.bias, self.dwconv.weight, self.dwconv.bias)
+            prefix = partial(_corrected_dwconv, eps=norm.eps)
+        else:
+            inputs = (x, self.dwconv.weight, self.dwconv.bias)
+            prefix = _dwconv_channels_last
+        u, z = recompute_linear(prefix, inputs, self.linear.weight, self.linear.bias, parts=2)  # 2 x (B, H, W, C)
         u = self._spectral_core(u, height, width, fve)
         # NOTE: back to the activation dtype right after the core (bf16 under autocast or with bf16 weights): the
         # LayerNorm, the gate and out_linear then run without mixed-dtype copies; the DCT/decay stayed fp32.
-        u = norm_gate(u.to(z.dtype), z, self.out_norm)  # LayerNorm(u) ⊙ SiLU(z), keeping only u and z
-        return self.out_linear(u).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last memory
+        tail = None
+        if post_norm is not None:
+            weight, bias = post_norm.weight, post_norm.bias
+            if post_scale is not None:  # LayerNorm2d(.) * scale as one LayerNorm, scaled affine
+                weight, bias = weight * post_scale, bias * post_scale
+            tail = (weight, bias, post_norm.eps)
+        out = gate_linear(u.to(z.dtype), z, self.out_norm, self.out_linear, tail)  # keeps only u and z for backward
+        return out.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last memory
 
     def _cast_decay(self, height: int, width: int, decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The decay in the autocast ``dtype`` for ``hco_core_dtype="autocast"``; frozen decays are cast once.

@@ -139,8 +139,9 @@ class VHeatBlock(nn.Module):
     ) -> torch.Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``; ``fve``/``sce`` are the stage embeddings at this map size."""
         if self.post_norm:
-            # NOTE: γ is folded into the LayerNorm affine (one pass fewer over the map than LN(f(x)) * γ).
-            x = x + self.drop_path(self.norm1(self.hco(x, fve, sce), self.gamma1))
+            # NOTE: γ is folded into the LayerNorm affine (one pass fewer over the map than LN(f(x)) * γ); the HCO
+            # applies norm1 itself, so that a training step does not keep norm1's input (docs/hco-training.md).
+            x = x + self.drop_path(self.hco(x, fve, sce, post_norm=self.norm1, post_scale=self.gamma1))
             return x + self.drop_path(self.norm2(self.mlp(x), self.gamma2))
         x = x + self.drop_path(self._scale(self.hco(self.norm1(x), fve, sce), self.gamma1))
         return x + self.drop_path(self._scale(self.mlp(self.norm2(x)), self.gamma2))
