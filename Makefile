@@ -15,7 +15,7 @@ PYTEST_MARKED_MAY_BE_EMPTY = $(PY) -m pytest $(PYTEST_FLAGS) -m $(1) || test $$?
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-feed bench-pretrain bench-pretrain-report bench-noisy clean
+.PHONY: install samples demo test test-default test-realdata test-cluster test-slow test-all bench-ingest bench-backbone bench-operator bench-feed bench-pretrain bench-pretrain-report bench-noisy bench-incremental bench-change-stage clean
 
 # Re-install only when the project's dependency files change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -81,9 +81,18 @@ bench-pretrain-report: samples
 	$(PY) benchmarks/pretrain_report.py
 
 # Noisy-label pretraining vs random and SSL initialisation, fine-tuned on a small clean subset; clean-vs-noisy
-# layer divergence (docs/noisy-pretraining.md "The sample experiment"; about 10 min on an idle 2-core machine).
+# layer divergence (docs/noisy-pretraining.md "The sample experiment"; seeds 0 and 1, about 10 min each on 2 cores).
 bench-noisy: samples
 	$(PY) benchmarks/noisy_pretraining.py
 
+# --incremental vs a full recompute on a later copy of the real S2 scene, 1/5/20/50 % changed (docs/change-aware.md).
+bench-incremental: samples
+	$(PY) benchmarks/incremental.py
+
+# The change stage of an incremental run, step by step, on the real S2 scene.
+bench-change-stage: samples
+	$(PY) benchmarks/change_stage.py
+
 clean:
-	rm -rf $(VENV) .venv-vision .cache out benchmarks/out
+	rm -rf $(VENV) .venv-vision .cache out
+	find benchmarks/out -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +  # work files; the JSON records are tracked
