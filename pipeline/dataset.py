@@ -206,7 +206,8 @@ def read_dataset(
 
     - ``image``: ``(C, H, W)`` float32, normalised with the collection's ``dataset.json`` stats, invalid pixels 0
       (``normalize="worker"``); or the native dtype (``"device"``), normalised on the GPU with
-      :func:`pipeline.torch_normalize` (half the bytes through the object store for uint16 sources).
+      :func:`pipeline.torch_normalize` or on the consumer's CPU with ``iter_torch_batches(collate_fn=
+      pipeline.ray_feed.ChipCollate(plan.mean, plan.std))`` (half the bytes through the object store for uint16).
     - ``valid``: ``(H, W)`` bool, True where every band has data.
     - ``chip_key``: int64; ``index.parquet``'s ``chip_key`` column maps it back to ``chip_id``.
     - pass-through shard columns when present: ``label*`` and per-band validity (``valid_*``).
@@ -216,9 +217,9 @@ def read_dataset(
         collection: which collection; required when the dataset holds several (a batch never mixes sensors).
         s3_endpoint: S3 endpoint URL for a local S3 (default: ``AWS_ENDPOINT_URL``).
         normalize: ``"worker"`` or ``"device"`` (see ``image``).
-        shuffle: shuffle the row-group order and the chip order within row groups, anew on every execution (each
-            epoch) unless ``seed`` is set; add ``local_shuffle_buffer_size=`` in ``iter_torch_batches`` to mix
-            row groups within batches as well.
+        shuffle: shuffle the row-group order and the chip order within each block (row groups are streamed in
+            blocks), anew on every execution (each epoch) unless ``seed`` is set; add
+            ``local_shuffle_buffer_size=`` in ``iter_torch_batches`` to mix blocks within batches as well.
         seed: fixes the shuffle (the same order every epoch).
         rows_per_block: chips per output block; default: as many as fit in ``pipeline.ray_feed.BLOCK_BYTES``.
         override_num_blocks: at most this many read tasks (row groups are grouped); default one per row group.

@@ -3,9 +3,10 @@
 Why not ``read_parquet(...).map_batches(...)`` (docs/feed.md, measured in benchmarks/RESULTS.md): Ray's Parquet
 reader makes one read task per file (a one-item dataset is one task, no parallelism), samples files to estimate
 block sizes, and the batch UDF then copies every chip twice more (native → float32, then into the output block).
-Here each task reads its row group, writes normalised (or native) chips into fresh output arrays in one pass and
-hands them to Ray as Arrow tensor columns without another copy. Row counts and sizes are known from the index, so
-planning reads no pixels.
+Here each task streams its row group in blocks of ~32 MiB, writes normalised (or native) chips into fresh output
+arrays and hands them to Ray as Arrow tensor columns without another copy. Row counts and sizes are known from the
+index, so planning reads no pixels. Also here: :class:`ChipCollate` (native batches normalised in the consumer) and
+the bytes-bounded cache of :func:`chip_dataset` (docs/feed.md).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class ChipDatasource(Datasource):
     Args:
         plan: what to serve.
         normalize: ``"worker"`` (float32, normalised) or ``"device"`` (native dtype).
-        shuffle: random row-group order and chip order within row groups; drawn anew each time the dataset
+        shuffle: random row-group order and chip order within blocks; drawn anew each time the dataset
             executes (each epoch) unless ``seed`` is given.
         seed: fixes the shuffle.
         rows_per_block: chips per block; default: as many as fit in :data:`BLOCK_BYTES`.
@@ -227,7 +228,8 @@ class ChipCollate(ArrowBatchCollateFn):
         import torch
 
         self.mean = np.asarray(mean, dtype=np.float32)
-        self.inv_std = (np.float32(1.0) / np.asarray(std, dtype=np.float32)).astype(np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.inv_std = (np.float32(1.0) / self.std).astype(np.float32)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
@@ -245,7 +247,7 @@ class ChipCollate(ArrowBatchCollateFn):
                 out[name] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
         if self.device.type != "cpu":
             native = {"image": torch.from_numpy(np.concatenate(chunks)).to(self.device), "valid": out["valid"]}
-            out["image"] = torch_normalize(native, self.mean, 1.0 / self.inv_std)
+            out["image"] = torch_normalize(native, self.mean, self.std)
             return out
         image = np.empty((len(valid), *chunks[0].shape[1:]), dtype=np.float32)
         start = 0
