@@ -357,18 +357,23 @@ class PairJoiner:
         return out
 
 
-def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None, shuffle: bool = True
-                   ) -> dict[str, ray.data.Dataset]:
+def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None, shuffle: bool = True,
+                   cache_bytes: int | None = None) -> dict[str, ray.data.Dataset]:
     """One Ray Dataset per stream, read with :func:`pipeline.read_dataset` (one collection, one sensor each).
 
-    ``shuffle`` shuffles the row-group and chip order anew every epoch (the feed's own shuffle).
+    ``shuffle`` shuffles the row-group and chip order anew every epoch (the feed's own shuffle). ``cache_bytes``
+    is shared by the streams in proportion to their rows: each decodes that many bytes of its chips once into the
+    object store and serves them from there every epoch (docs/feed.md); the rest streams from the shards.
     """
     from pipeline.manifest import chip_key
 
     out = {}
+    total_rows = sum(s.rows for s in plan.streams.values()) or 1
     for name, stream in plan.streams.items():
         dataset_dir, collection = stream.sources[0]
-        ds = read_dataset(dataset_dir, collection=collection, s3_endpoint=s3_endpoint, shuffle=shuffle)
+        share = int(cache_bytes * stream.rows / total_rows) if cache_bytes else None
+        ds = read_dataset(dataset_dir, collection=collection, s3_endpoint=s3_endpoint, shuffle=shuffle,
+                          cache_bytes=share)
         if len(stream.stems) == 2:
             sar = plan.stems[stream.stems[1]]
             joiner = PairJoiner(stream.pairs, stream.sources[1][0], stream.sources[1][1], sar.mean, sar.std,

@@ -114,6 +114,8 @@ class PretrainConfig:
     s3_endpoint: str | None = field(default=None, metadata={"help": "S3 endpoint URL (default: AWS_ENDPOINT_URL)"})
     shuffle_buffer: int = field(default=64, metadata={"help": "rows in each worker's local shuffle buffer (0: off)"})
     prefetch_batches: int = field(default=4, metadata={"help": "batches prefetched per stream and worker"})
+    cache_gib: float = field(default=0.0, metadata={"help": "GiB of decoded chips kept in the object store for "
+                                                              "epochs after the first (0: re-read every epoch)"})
     stream_sampling: Literal["proportional", "uniform"] = field(
         default="proportional", metadata={"help": "pick streams by their chip counts, or uniformly"}
     )
@@ -283,7 +285,7 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
         p = plan.weights[name] if cfg.stream_sampling == "proportional" else 1 / len(plan.streams)
         log.info("stream %-32s %6d %s, p=%.3f", name, stream.rows, "pairs" if len(stream.stems) == 2 else "chips", p)
     if not labelled:
-        return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint)
+        return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint, cache_bytes=int(cfg.cache_gib * 2**30))
     split = replace(split, train={n: split.train[n] for n in plan.streams})  # streams too small to train dropped
     plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
     log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})

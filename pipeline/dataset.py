@@ -196,6 +196,7 @@ def read_dataset(
     seed: int | None = None,
     rows_per_block: int | None = None,
     override_num_blocks: int | None = None,
+    cache_bytes: int | None = None,
 ) -> ray.data.Dataset:
     """A Ray Dataset of one collection's chips for Ray Train workers (docs/feed.md).
 
@@ -205,7 +206,8 @@ def read_dataset(
 
     - ``image``: ``(C, H, W)`` float32, normalised with the collection's ``dataset.json`` stats, invalid pixels 0
       (``normalize="worker"``); or the native dtype (``"device"``), normalised on the GPU with
-      :func:`pipeline.torch_normalize` (half the bytes through the object store for uint16 sources).
+      :func:`pipeline.torch_normalize` or on the consumer's CPU with ``iter_torch_batches(collate_fn=
+      pipeline.ray_feed.ChipCollate(plan.mean, plan.std))`` (half the bytes through the object store for uint16).
     - ``valid``: ``(H, W)`` bool, True where every band has data.
     - ``chip_key``: int64; ``index.parquet``'s ``chip_key`` column maps it back to ``chip_id``.
     - pass-through shard columns when present: ``label*`` and per-band validity (``valid_*``).
@@ -215,28 +217,29 @@ def read_dataset(
         collection: which collection; required when the dataset holds several (a batch never mixes sensors).
         s3_endpoint: S3 endpoint URL for a local S3 (default: ``AWS_ENDPOINT_URL``).
         normalize: ``"worker"`` or ``"device"`` (see ``image``).
-        shuffle: shuffle the row-group order and the chip order within row groups, anew on every execution (each
-            epoch) unless ``seed`` is set; add ``local_shuffle_buffer_size=`` in ``iter_torch_batches`` to mix
-            row groups within batches as well.
+        shuffle: shuffle the row-group order and the chip order within each block (row groups are streamed in
+            blocks), anew on every execution (each epoch) unless ``seed`` is set; add
+            ``local_shuffle_buffer_size=`` in ``iter_torch_batches`` to mix blocks within batches as well.
         seed: fixes the shuffle (the same order every epoch).
-        rows_per_block: chips per output block; default: as many as fit in the DataContext's target block size.
+        rows_per_block: chips per output block; default: as many as fit in ``pipeline.ray_feed.BLOCK_BYTES``.
         override_num_blocks: at most this many read tasks (row groups are grouped); default one per row group.
+        cache_bytes: decode the row groups that fit in this many bytes (of decoded blocks: ``normalize="device"``
+            halves them for uint16 sources) once, now, into the object store, and serve them from there every epoch;
+            the rest streams from the shards each epoch. ``None``: stream everything.
 
     Raises:
         ValueError: several collections and none chosen, or an unknown one; the message lists them.
         LookupError: the collection has no written chip (no stats, no shards).
         ShardFormatError: a shard lacks the feed's columns or holds another chip shape (e.g. an older ingest).
     """
-    import ray.data
-
-    from pipeline.ray_feed import ChipDatasource
+    from pipeline.ray_feed import chip_dataset
 
     plan = open_feed(dataset_dir, collection=collection, s3_endpoint=s3_endpoint)
-    source = ChipDatasource(plan, normalize=normalize, shuffle=shuffle, seed=seed, rows_per_block=rows_per_block)
     runtime_env = None
     if dataset_dir.startswith("s3://"):
         from pipeline.ray_ingest import forwarded_env
 
         # Read tasks run in worker processes that did not inherit this driver's S3 endpoint and credentials.
         runtime_env = {"env_vars": forwarded_env()}
-    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, runtime_env=runtime_env)
+    return chip_dataset(plan, normalize=normalize, shuffle=shuffle, seed=seed, rows_per_block=rows_per_block,
+                        override_num_blocks=override_num_blocks, cache_bytes=cache_bytes, runtime_env=runtime_env)

@@ -13,6 +13,7 @@ import pytest
 
 from jobs._pretrain_data import (
     PairJoiner,
+    build_datasets,
     drop_small_streams,
     pair_chips,
     pick_stream,
@@ -120,6 +121,20 @@ def test_pair_joiner_adds_the_normalised_partner(sample_ingest: Path) -> None:
     first = next(load_chips(str(sample_ingest), [stream.pairs[0][1]]))
     expected = (first["image"] - np.asarray(stats["mean"])[:, None, None]) / np.asarray(stats["std"])[:, None, None]
     np.testing.assert_allclose(out["partner"][0], expected * first["valid"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.realdata
+def test_build_datasets_with_a_cache_serve_the_same_chips_every_epoch(sample_ingest: Path) -> None:
+    plan = plan_feed([str(sample_ingest)])
+    streamed = build_datasets(plan, shuffle=False)
+    cached = build_datasets(plan, shuffle=True, cache_bytes=2**30)  # the sample streams fit: decoded once
+
+    def keys(ds: Any) -> list[int]:
+        return sorted(int(k) for b in ds.iter_batches(batch_size=8, batch_format="numpy") for k in b["chip_key"])
+
+    for name in plan.streams:
+        want = keys(streamed[name])
+        assert want and all(keys(cached[name]) == want for _ in range(2))
 
 
 def test_stream_feed_counts_epochs_and_resumes_its_position(ray_local: Any) -> None:
