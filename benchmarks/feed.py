@@ -550,16 +550,15 @@ def main(argv: list[str] | None = None) -> None:
     record = {**header, "load_end": load_average(), "ingest": ingest, "chips": args.chips, "epochs": args.epochs,
               "batch_size": args.batch_size, "results": results, "summary": summary}
     path = write_json(record, "feed")
-    out_json = path.parent / "feed.json"
-    out_json.write_text(path.read_text())
     table = _table(summary)
     print(table)
     if not args.no_results_md:
         body = (
             f"**{header['date_utc']}**, {header['machine']['cpu_model']} ({header['machine']['cpu_count']} cores, "
             f"{header['machine']['ram_gib']} GiB), load {header['load_start']['1m']} at start / "
-            f"{record['load_end']['1m']} at end; `{header['command']}` (git {header['git']}). "
-            f"{args.epochs} epochs of {args.chips} chips of 13 x 256 x 256 uint16 → float32, batches of "
+            f"{record['load_end']['1m']} at end; `{header['command']}` (git {header['git']}); raw: "
+            f"`benchmarks/out/{path.name}`. {args.epochs} epochs of {args.chips} chips of 13 x 256 x 256 uint16 → "
+            f"float32, batches of "
             f"{args.batch_size}; {args.repeats} rounds, alternating order; medians.\n\n{table}"
         )
         write_results_section("feed", body)
