@@ -36,17 +36,16 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.cog import redact_href
 from pipeline.records import Chip, ResolvedItem
-from pipeline.uri import atomic_output, resolve
+from pipeline.uri import atomic_output, redact_href, resolve
 
 __all__ = [
-    "Compression",
     "MAX_ROW_GROUP_BYTES",
     "MAX_ROW_GROUP_CHIPS",
     "METADATA_KEY",
     "PIXEL_ENCODING",
     "SHARD_SCHEMA_VERSION",
+    "Compression",
     "ShardInfo",
     "chip_checksum",
     "content_checksum",
@@ -426,7 +425,7 @@ def read_shard(
 def shard_metadata(
     uri: str, filesystem: pafs.FileSystem | None = None, *, s3_endpoint: str | None = None
 ) -> dict[str, Any]:
-    """The ``rs:dataset`` JSON object of a shard, read from its footer only (``s3_endpoint`` as for :func:`read_shard`)."""
+    """The ``rs:dataset`` JSON object of a shard, from its footer only (``s3_endpoint`` as for :func:`read_shard`)."""
     fs, path = resolve(uri, filesystem, endpoint=s3_endpoint)
     schema = pq.read_schema(path, filesystem=fs)
     raw = (schema.metadata or {}).get(METADATA_KEY.encode())
