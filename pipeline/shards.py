@@ -87,6 +87,10 @@ PIXEL_ENCODING: Mapping[str, str] = {
 }
 # zstd level for every column; level 1 measured fastest at near-equal size on S2 uint16 chips (benchmarks/RESULTS.md).
 ZSTD_LEVEL = 1
+# Rows the Parquet writer encodes between page-size checks. pyarrow's default (1024) exceeds a row group, which made
+# each row group's image column one data page that a reader must decompress whole before its first chip; with 1,
+# a page closes once it passes 1 MiB, i.e. after every chip of the image column (docs/feed.md, "The first batch").
+WRITE_BATCH_ROWS = 1
 Compression = Literal["zstd", "lz4", "none"]
 
 
@@ -372,6 +376,7 @@ def write_shard(
             use_dictionary=["chip_id", "item_id", "collection", "grid_cell", "dtype"],
             write_statistics=list(_SCALAR_COLUMNS),
             write_page_index=False,
+            write_batch_size=WRITE_BATCH_ROWS,
             # no page CRCs (write_page_checksum): measured +0.05 s per S2 item; the pixels carry their own
             # CRC-32 (`checksum`) and files are written atomically
         )
