@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -39,6 +39,7 @@ from rasterio.windows import Window
 
 from pipeline.errors import CRSNotFoundError, RasterReadError
 from pipeline.grid import PixelGrid
+from pipeline.uri import redact_href  # here too: the rasterio-free home of the helper
 
 __all__ = ["DEFAULT_GDAL_OPTIONS", "AssetReader", "RasterHeader", "failure_message", "gdal_env", "gdal_path",
            "read_header", "redact_href", "redact_text", "resampling_method"]
@@ -104,15 +105,6 @@ def gdal_path(href: str) -> str:
                 f"Unsupported href scheme {parts.scheme!r} in {redact_href(href)!r}; "
                 "use a local path, file://, http(s):// or s3://."
             )
-
-
-def redact_href(href: str) -> str:
-    """An href safe to log or store: no query string (signed tokens), fragment or user info (credentials)."""
-    parts = urlsplit(href)
-    if not parts.scheme or len(parts.scheme) == 1:
-        return href.split("?", 1)[0]
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def redact_text(text: str) -> str:

@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import shapely
 
 from pipeline.errors import ProcessingVersionError
 from pipeline.ids import safe_id
@@ -495,6 +494,8 @@ def _index_rows(m: ItemManifest) -> list[dict[str, Any]]:
         row["window"] = list(row["window"])
         rows.append(row)
     if rows:
+        import shapely  # here, not at the top: the training feed's read tasks import this module and need no shapely
+
         bounds = shapely.bounds(shapely.from_wkb([r["geometry"] for r in rows]))
         for row, (x0, y0, x1, y1) in zip(rows, bounds.tolist(), strict=True):
             row["bbox"] = {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}

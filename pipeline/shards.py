@@ -36,17 +36,16 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.cog import redact_href
 from pipeline.records import Chip, ResolvedItem
-from pipeline.uri import atomic_output, resolve
+from pipeline.uri import atomic_output, redact_href, resolve
 
 __all__ = [
-    "Compression",
     "MAX_ROW_GROUP_BYTES",
     "MAX_ROW_GROUP_CHIPS",
     "METADATA_KEY",
     "PIXEL_ENCODING",
     "SHARD_SCHEMA_VERSION",
+    "Compression",
     "ShardInfo",
     "chip_checksum",
     "content_checksum",
@@ -88,6 +87,10 @@ PIXEL_ENCODING: Mapping[str, str] = {
 }
 # zstd level for every column; level 1 measured fastest at near-equal size on S2 uint16 chips (benchmarks/RESULTS.md).
 ZSTD_LEVEL = 1
+# Rows the Parquet writer encodes between page-size checks. pyarrow's default (1024) exceeds a row group, which made
+# each row group's image column one data page that a reader must decompress whole before its first chip; with 1,
+# a page closes once it passes 1 MiB, i.e. after every chip of the image column (docs/feed.md, "The first batch").
+WRITE_BATCH_ROWS = 1
 Compression = Literal["zstd", "lz4", "none"]
 
 
@@ -373,6 +376,7 @@ def write_shard(
             use_dictionary=["chip_id", "item_id", "collection", "grid_cell", "dtype"],
             write_statistics=list(_SCALAR_COLUMNS),
             write_page_index=False,
+            write_batch_size=WRITE_BATCH_ROWS,
             # no page CRCs (write_page_checksum): measured +0.05 s per S2 item; the pixels carry their own
             # CRC-32 (`checksum`) and files are written atomically
         )
@@ -426,7 +430,7 @@ def read_shard(
 def shard_metadata(
     uri: str, filesystem: pafs.FileSystem | None = None, *, s3_endpoint: str | None = None
 ) -> dict[str, Any]:
-    """The ``rs:dataset`` JSON object of a shard, read from its footer only (``s3_endpoint`` as for :func:`read_shard`)."""
+    """The ``rs:dataset`` JSON object of a shard, from its footer only (``s3_endpoint`` as for :func:`read_shard`)."""
     fs, path = resolve(uri, filesystem, endpoint=s3_endpoint)
     schema = pq.read_schema(path, filesystem=fs)
     raw = (schema.metadata or {}).get(METADATA_KEY.encode())

@@ -17,7 +17,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -26,6 +26,7 @@ __all__ = [
     "atomic_output",
     "create_exclusive",
     "is_object_store",
+    "redact_href",
     "resolve",
     "s3_endpoint",
     "s3_filesystem",
@@ -199,3 +200,12 @@ def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes, *, endpoint: s
             raise OSError(f"Cannot create s3://{path}: {err}") from None
         return True
     raise ValueError(f"create_exclusive supports local paths and S3, not {type(fs).__name__}.")
+
+
+def redact_href(href: str) -> str:
+    """An href safe to log or store: no query string (signed tokens), fragment or user info (credentials)."""
+    parts = urlsplit(href)
+    if not parts.scheme or len(parts.scheme) == 1:
+        return href.split("?", 1)[0]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
