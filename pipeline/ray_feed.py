@@ -26,7 +26,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from pipeline.feed import ChipDecoder, FeedPlan, FeedUnit, Normalize, normalize_into, split_range
 
-__all__ = ["BLOCK_BYTES", "ChipCollate", "ChipDatasource", "cache_split", "chip_dataset", "prestart_read_workers"]
+__all__ = ["BLOCK_BYTES", "ChipCollate", "ChipDatasource", "cache_split", "chip_dataset"]
 
 # Default block size: small enough that the first batch waits for ~20 S2 chips, not a whole row group (~157), large
 # enough that Ray's per-block cost stays well under 1 % of a block's decode time.
@@ -155,30 +155,6 @@ def _unit_blocks(decoder: ChipDecoder, unit: FeedUnit, rng: np.random.Generator 
         yield pa.table(columns)
 
 
-def _warm() -> int:
-    """Nothing to do: unpickling this task in a fresh worker imports this module, Ray Data and the decode path."""
-    import os
-
-    return os.getpid()
-
-
-def prestart_read_workers(n_workers: int, runtime_env: dict[str, Any] | None = None) -> list[ray.ObjectRef]:
-    """Start up to ``n_workers`` Ray workers now and import the read path in them; the refs of those tiny tasks.
-
-    A fresh cluster has no idle worker: the first execution of a feed waits for its read workers to start and
-    import Ray Data and this module (seconds on busy cores; benchmarks/RESULTS.md, "Training feed"). Fired when
-    the dataset is built, that start-up overlaps the caller's own work (the Ray Train worker group starting), and
-    the read tasks then reuse the warm workers. The tasks take no CPU (``num_cpus=0``, so they never hold back a
-    placement group) and spread over the nodes as read tasks do; nothing waits for them and a failure is ignored.
-    Does nothing (an empty list) when Ray is not initialised: building a dataset does not start a cluster.
-    """
-    if not ray.is_initialized() or n_workers < 1:
-        return []
-    task = ray.remote(_warm).options(num_cpus=0, max_retries=0, scheduling_strategy="SPREAD",
-                                     runtime_env=runtime_env)
-    return [task.remote() for _ in range(n_workers)]
-
-
 def cache_split(plan: FeedPlan, row_nbytes: int, cache_bytes: int | None) -> tuple[FeedPlan | None, FeedPlan | None]:
     """``(cached, streamed)``: the row groups that fit in ``cache_bytes`` (in index order), and the rest.
 
@@ -215,8 +191,6 @@ def chip_dataset(
     the shards each epoch. With ``shuffle`` the cached blocks come in a new random order each epoch (the chips
     inside a cached block keep the order drawn when it was decoded; ``local_shuffle_buffer_size`` mixes them).
     """
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 0
-    prestart_read_workers(min(cpus, len(plan.units)), runtime_env)  # the read tasks' concurrency at most
     sources = []
     for part, cache in zip(cache_split(plan, ChipDatasource(plan, normalize=normalize).row_nbytes(), cache_bytes),
                            (True, False), strict=True):

@@ -110,24 +110,12 @@ def test_partial_cache_streams_the_rest(ray_local: Any, regrouped: Path) -> None
 
 
 def test_read_path_imports_no_raster_or_geometry_stack() -> None:
-    """A read task imports ``pipeline.ray_feed``: no rasterio, shapely, pyproj or torch; no warm-up without Ray."""
+    """A read task imports ``pipeline.ray_feed``: no rasterio, shapely, pyproj or torch."""
     import subprocess
     import sys
 
     code = ("import sys, pipeline.ray_feed; "
-            "print(sorted(m for m in ('rasterio', 'shapely', 'pyproj', 'torch') if m in sys.modules)); "
-            "import ray; assert pipeline.ray_feed.prestart_read_workers(2) == [] and not ray.is_initialized()")
+            "print(sorted(m for m in ('rasterio', 'shapely', 'pyproj', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_prestart_read_workers_runs_in_ray_workers(ray_local: Any) -> None:
-    """The warm-up tasks run in Ray workers (not the driver), one per requested worker."""
-    import os
-
-    from pipeline.ray_feed import prestart_read_workers
-
-    pids = ray_local.get(prestart_read_workers(2))
-    assert len(pids) == 2 and os.getpid() not in pids
-    assert prestart_read_workers(0) == []
