@@ -4,7 +4,8 @@ The read tasks ship the native dtype (``pipeline.read_dataset(normalize="device"
 float32 through the object store and in the cache) and the consumer normalises each batch with
 ``pipeline.ray_feed.ChipCollate`` in ``iter_torch_batches``' background thread: in numpy on a CPU worker, on the GPU
 after the copy on a GPU worker. The arithmetic is the feed's own (``(x - mean) * (1 / std) * valid`` in float32),
-so the model sees the same bits as with ``normalize="worker"`` (docs/feed.md "Native pixels through Ray, normalised in the consumer").
+so the model sees the same bits as with ``normalize="worker"`` (docs/feed.md "Native pixels through Ray, normalised
+in the consumer").
 
 ``"read"`` keeps the normalisation in the read tasks (float32 blocks): for clusters whose read nodes have CPUs to
 spare and whose training workers have none.
