@@ -10,8 +10,9 @@ one) are validation; the rest are training. A validation chip whose footprint ov
 a stride smaller than the chip size overlap) is left out of both splits, so no training pixel is ever seen in
 validation. Chips of one grid cell, and the two dates of a change pair, always share a split.
 
-**Join.** Each split is :func:`pipeline.read_dataset` of the labelled collection followed by one stateless batch UDF
-(:class:`LabelJoiner`) that keeps the split's labelled chips and adds the task's target columns by ``chip_key``.
+**Join.** Each split is :func:`pipeline.read_dataset` of the labelled collection (native pixels, normalised by the
+worker's collate, ``jobs/_native_feed.py``) followed by one stateless batch UDF (:class:`LabelJoiner`) that keeps
+the split's labelled chips and adds the task's target columns by ``chip_key``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pyarrow as pa
 from jobs._config import ConfigError
 from jobs._pretrain_data import stem_name
 from pipeline.dataset import load_chips, read_dataset, read_dataset_json, read_index
-from pipeline.feed import normalize_numpy, stats_vector
+from pipeline.feed import Normalize, normalize_numpy, stats_vector
 from pipeline.labels import decode_masks, read_labels
 from pipeline.manifest import OutputStore, chip_key
 
@@ -321,14 +322,20 @@ class LabelJoiner:
 
 
 def split_nbytes(plan: TaskData) -> int:
-    """Bytes both splits take decoded (float32 images, plus the before images of change pairs)."""
+    """Bytes both splits take decoded, at most (images counted as float32: native uint16 chips take half; plus the
+    before images of change pairs)."""
     c, h, w = plan.chip_shape
     per_chip = c * h * w * 4 * (2 if plan.task == "change" else 1) + h * w * 2
     return per_chip * (len(plan.train_keys) + len(plan.val_keys))
 
 
-def build_split_datasets(plan: TaskData, *, materialize: bool) -> dict[str, ray.data.Dataset]:
+def build_split_datasets(plan: TaskData, *, materialize: bool, normalize: Normalize = "device"
+                         ) -> dict[str, ray.data.Dataset]:
     """``{"train": ..., "val": ...}``: the labelled collection's feed, joined to the labels, one per split.
+
+    ``normalize="device"`` (the default) ships the native pixels (half the bytes of float32 for uint16 sources, in
+    the object store too): the workers normalise them with :func:`jobs._native_feed.consumer_collate` (the change
+    task's ``before`` chips are normalised by :class:`LabelJoiner`). ``"worker"`` normalises in the read tasks.
 
     With ``materialize`` both splits are decoded once into the object store and every trial and epoch reads them
     from there (labelled sets are usually small); the train split is then mixed per epoch by the workers' local
@@ -337,7 +344,7 @@ def build_split_datasets(plan: TaskData, *, materialize: bool) -> dict[str, ray.
     out = {}
     for split, keys in (("train", plan.train_keys), ("val", plan.val_keys)):
         ds = read_dataset(plan.data, collection=plan.collection, s3_endpoint=plan.s3_endpoint,
-                          shuffle=split == "train" and not materialize, seed=None)
+                          shuffle=split == "train" and not materialize, seed=None, normalize=normalize)
         ds = ds.map_batches(LabelJoiner(plan, keys), batch_format="numpy")  # stateless tasks
         out[split] = ds.materialize() if materialize else ds
     return out

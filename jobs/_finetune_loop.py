@@ -23,6 +23,7 @@ import torch
 
 from jobs._finetune_data import TaskData
 from jobs._finetune_model import build_model, freeze_encoder, param_groups
+from jobs._native_feed import consumer_collate
 from jobs._trial_cleanup import PLACEMENT_GROUP_KEY, current_placement_group_hex
 
 __all__ = ["AUGMENTS", "TASK_METRICS", "TrialSettings", "augment_batch", "evaluate", "train_fn_per_worker"]
@@ -197,6 +198,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     generator = torch.Generator().manual_seed(settings.seed * 1009 + rank)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and settings.bf16
                 else contextlib.nullcontext())
+    collate = consumer_collate(plan.mean, plan.std, device)  # native chips normalised here (on the GPU if any)
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     augment = str(hp.get("augment", "none"))
@@ -208,7 +210,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             core.encoder.eval()  # pretrained norm statistics stay as they are
         started, losses, chips = time.perf_counter(), [], 0
         for batch in train_shard.iter_torch_batches(batch_size=settings.batch_size, prefetch_batches=2,
-                                                    local_shuffle_buffer_size=settings.shuffle_buffer or None):
+                                                    local_shuffle_buffer_size=settings.shuffle_buffer or None,
+                                                    collate_fn=collate):
             batch = augment_batch({k: v.to(device) for k, v in batch.items()}, augment, generator)
             optimizer.zero_grad(set_to_none=True)
             with autocast:
@@ -229,7 +232,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                                      "chips_per_s": chips / max(time.perf_counter() - started, 1e-9)}
         if rank == 0:
             metrics[PLACEMENT_GROUP_KEY] = current_placement_group_hex()  # freed by Tune when the trial ends
-            metrics.update(evaluate(core, val_data.iter_torch_batches(batch_size=settings.batch_size), plan, device))
+            val_batches = val_data.iter_torch_batches(batch_size=settings.batch_size, collate_fn=collate)
+            metrics.update(evaluate(core, val_batches, plan, device))
             ranked = metrics.get(settings.metric)
             if isinstance(ranked, float) and math.isnan(ranked):
                 # Undefined on this val split (e.g. no changed pixel and none predicted): rank it last, not NaN,

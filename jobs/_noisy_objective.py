@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from jobs._pretrain_data import FeedPlan, StreamInfo, build_datasets
 from pipeline.dataset import read_index
+from pipeline.feed import Normalize
 from pipeline.labels import IGNORE_INDEX, decode_masks, read_labels
 from pipeline.manifest import OutputStore, chip_key
 
@@ -171,8 +172,12 @@ def validation_nbytes(plan: FeedPlan, noisy: NoisyPlan) -> int:
 
 
 def build_noisy_datasets(plan: FeedPlan, noisy: NoisyPlan, *, s3_endpoint: str | None = None,
-                         materialize_validation: bool = False) -> dict[str, ray.data.Dataset]:
+                         materialize_validation: bool = False, normalize: Normalize = "device",
+                         ) -> dict[str, ray.data.Dataset]:
     """Per training stream of ``plan`` its split (shuffled), and per labelled stream ``val:``/``clean:`` datasets.
+
+    ``normalize`` as in :func:`jobs._pretrain_data.build_datasets` (native pixels by default: the consumer
+    normalises them with the collates of :func:`jobs._pretrain_data.stream_collates` and :func:`evaluate`).
 
     With ``materialize_validation`` the validation datasets are read, joined and decoded once into the object store
     here, so each validation only iterates their blocks instead of starting a new read (seconds per validation on
@@ -182,7 +187,7 @@ def build_noisy_datasets(plan: FeedPlan, noisy: NoisyPlan, *, s3_endpoint: str |
     every = FeedPlan(plan.stems, noisy.streams, plan.lineage)
     for split, prefix, labels, source in ((noisy.train, "", noisy.labels, plan), (noisy.val, VAL, noisy.labels, every),
                                           (noisy.clean, CLEAN, noisy.clean_labels, every)):
-        base = build_datasets(source, s3_endpoint=s3_endpoint, shuffle=not prefix)
+        base = build_datasets(source, s3_endpoint=s3_endpoint, shuffle=not prefix, normalize=normalize)
         for name, ds in base.items():
             if split.get(name) and labels is not None:
                 dataset_dir = source.streams[name].sources[0][0]
@@ -218,7 +223,7 @@ def noisy_step(model: nn.Module, batch: Mapping[str, torch.Tensor], stem: str, d
 
 
 def evaluate(model: nn.Module, shards: Mapping[str, Any], stems: Mapping[str, str], num_classes: int, *,
-             batch_size: int, device: torch.device) -> dict[str, float]:
+             batch_size: int, device: torch.device, collates: Mapping[str, Any] | None = None) -> dict[str, float]:
     """mIoU over the validation datasets, summed across ranks: ``{"val_miou", "clean_miou"}`` (NaN: no chip).
 
     The validation datasets are not split across workers (an equal split would drop rows of small ones): every rank
@@ -227,6 +232,8 @@ def evaluate(model: nn.Module, shards: Mapping[str, Any], stems: Mapping[str, st
     Args:
         shards: dataset name (``val:STREAM`` / ``clean:STREAM``) -> this worker's (whole) dataset iterator.
         stems: stream name -> its stem.
+        collates: stem name -> the ``collate_fn`` that normalises its native chips
+            (:func:`jobs._native_feed.consumer_collate`); none: the datasets hold normalised chips.
     """
     import torch
     import torch.distributed as dist
@@ -242,7 +249,10 @@ def evaluate(model: nn.Module, shards: Mapping[str, Any], stems: Mapping[str, st
         for name, shard in shards.items():
             prefix = VAL if name.startswith(VAL) else CLEAN
             stream = name[len(prefix):]
-            for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, drop_last=False, device=device)):
+            collate = (collates or {}).get(stems[stream])
+            batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=False, device=device,
+                                               collate_fn=collate)
+            for i, batch in enumerate(batches):
                 if i % world != rank:
                     continue
                 target = torch.where(batch["valid"].bool(), batch["mask"].long(), IGNORE_INDEX)

@@ -30,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs._native_feed import FeedNormalize, consumer_collate
 from pipeline.dataset import load_chips, read_dataset, read_dataset_json, read_index
-from pipeline.feed import normalize_numpy, stats_vector
+from pipeline.feed import Normalize, normalize_numpy, stats_vector
 from pipeline.manifest import OutputStore
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ __all__ = [
     "pick_stream",
     "plan_feed",
     "stem_name",
+    "stream_collates",
+    "stream_nbytes",
 ]
 
 _INDEX_COLUMNS = ["chip_id", "chip_key", "grid_cell", "collection", "datetime", "bbox", "window", "status"]
@@ -358,12 +361,16 @@ class PairJoiner:
 
 
 def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None, shuffle: bool = True,
-                   cache_bytes: int | None = None) -> dict[str, ray.data.Dataset]:
+                   cache_bytes: int | Mapping[str, int] | None = None, normalize: Normalize = "device",
+                   ) -> dict[str, ray.data.Dataset]:
     """One Ray Dataset per stream, read with :func:`pipeline.read_dataset` (one collection, one sensor each).
 
     ``shuffle`` shuffles the row-group and chip order anew every epoch (the feed's own shuffle). ``cache_bytes``
-    is shared by the streams in proportion to their rows: each decodes that many bytes of its chips once into the
-    object store and serves them from there every epoch (docs/feed.md); the rest streams from the shards.
+    (one budget, shared by the streams in proportion to their rows, or one per stream name): each stream decodes
+    that many bytes of its chips once into the object store and serves them from there every epoch (docs/feed.md);
+    the rest streams from the shards. ``normalize="device"`` (the default) ships native pixels, to be normalised by
+    the consumer's :func:`jobs._native_feed.consumer_collate` (:meth:`StreamFeed` ``collates``); ``"worker"``
+    normalises in the read tasks. The SAR partner of a pair stream is normalised by :class:`PairJoiner` either way.
     """
     from pipeline.manifest import chip_key
 
@@ -371,9 +378,12 @@ def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None, shuffle: b
     total_rows = sum(s.rows for s in plan.streams.values()) or 1
     for name, stream in plan.streams.items():
         dataset_dir, collection = stream.sources[0]
-        share = int(cache_bytes * stream.rows / total_rows) if cache_bytes else None
+        if isinstance(cache_bytes, Mapping):
+            share = cache_bytes.get(name) or None
+        else:
+            share = int(cache_bytes * stream.rows / total_rows) if cache_bytes else None
         ds = read_dataset(dataset_dir, collection=collection, s3_endpoint=s3_endpoint, shuffle=shuffle,
-                          cache_bytes=share)
+                          cache_bytes=share, normalize=normalize)
         if len(stream.stems) == 2:
             sar = plan.stems[stream.stems[1]]
             joiner = PairJoiner(stream.pairs, stream.sources[1][0], stream.sources[1][1], sar.mean, sar.std,
@@ -390,10 +400,38 @@ def build_datasets(plan: FeedPlan, *, s3_endpoint: str | None = None, shuffle: b
     return out
 
 
+def stream_nbytes(plan: FeedPlan, *, normalize: Normalize = "device", s3_endpoint: str | None = None
+                  ) -> dict[str, int]:
+    """Bytes of the decoded blocks each stream's dataset would cache: all chips of its anchor collection (a stream's
+    filter runs after the cache), in the served dtype, as :func:`pipeline.read_dataset` counts them."""
+    from pipeline.feed import open_feed
+    from pipeline.ray_feed import ChipDatasource
+
+    out = {}
+    for name, stream in plan.streams.items():
+        dataset_dir, collection = stream.sources[0]
+        feed = open_feed(dataset_dir, collection=collection, s3_endpoint=s3_endpoint)
+        out[name] = feed.n_chips * ChipDatasource(feed, normalize=normalize).row_nbytes()
+    return out
+
+
 def pick_stream(names: Sequence[str], weights: Sequence[float], seed: int, step: int, micro: int) -> str:
     """The stream of micro-batch ``micro`` of optimiser step ``step``: a pure function of its arguments."""
     rng = np.random.default_rng([seed, step, micro])
     return str(names[int(rng.choice(len(names), p=np.asarray(weights) / np.sum(weights)))])
+
+
+def stream_collates(plan: FeedPlan, device: torch.device | str, where: FeedNormalize = "consumer"
+                    ) -> dict[str, Any]:
+    """Per stream, the ``collate_fn`` that normalises its anchor chips with their stem's stats on ``device``
+    (:func:`jobs._native_feed.consumer_collate`); empty for ``where="read"`` (the read tasks normalised them)."""
+    out = {}
+    for name, stream in plan.streams.items():
+        stem = plan.stems[stream.stems[0]]
+        collate = consumer_collate(stem.mean, stem.std, device, where)
+        if collate is not None:
+            out[name] = collate
+    return out
 
 
 class StreamFeed:
@@ -405,12 +443,17 @@ class StreamFeed:
     when the training loop takes a batch, not when the thread reads it. Resuming re-opens that epoch and skips that
     many batches (read, not trained on), so the step count and the per-stream epoch continue; which rows a worker
     sees can still differ, because Ray Data assigns blocks to workers dynamically and the feed reshuffles.
+
+    ``collates`` (stream name -> ``collate_fn``, from :func:`stream_collates`) normalise the native chips of
+    datasets built with ``normalize="device"`` in ``iter_torch_batches``' own thread; a stream without one gets
+    Ray's default collate.
     """
 
     def __init__(self, shards: Mapping[str, Any], *, batch_size: int, seed: int, shuffle_buffer: int,
                  prefetch_batches: int, position: Mapping[str, Sequence[int]] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", collates: Mapping[str, Any] | None = None) -> None:
         self.shards = dict(shards)
+        self.collates = dict(collates or {})
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.prefetch_batches, self.device = max(1, prefetch_batches), device
         self.position = {name: list((position or {}).get(name, (0, 0))) for name in self.shards}
@@ -425,6 +468,7 @@ class StreamFeed:
             local_shuffle_buffer_size=self.shuffle_buffer or None,
             local_shuffle_seed=None if not self.shuffle_buffer else self.seed * 100_003 + epoch,
             device=self.device,
+            collate_fn=self.collates.get(name),
         ))
 
     def _put(self, q: queue.Queue[Any], item: Any) -> bool:

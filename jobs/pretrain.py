@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from jobs import _noisy_objective as noisy
 from jobs._config import ConfigError, config_from_dict, parse_config, parse_pairs, to_dict
+from jobs._native_feed import consumer_collate, read_normalize
 from jobs._pretrain_data import (
     FeedPlan,
     StreamFeed,
@@ -64,6 +65,8 @@ from jobs._pretrain_data import (
     plan_feed,
     plan_from_dict,
     plan_to_dict,
+    stream_collates,
+    stream_nbytes,
 )
 from jobs._pretrain_outputs import (
     METRIC_COLUMNS,
@@ -97,6 +100,7 @@ TERMS = {"ssl": ("spa", "fre", "con"), "noisy-labels": noisy.TERMS}  # loss term
 COLUMNS = {"ssl": METRIC_COLUMNS, "noisy-labels": ("step", "loss", *noisy.TERMS, "val_miou", "clean_miou",
                                                    *METRIC_COLUMNS[METRIC_COLUMNS.index("lr"):])}
 DEFAULT_SAMPLES = ".cache/samples/catalog.json"
+CACHE_SHARE = 0.25  # without --cache-gib the streams are cached when they take at most this share of the object store
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,13 @@ class PretrainConfig:
     s3_endpoint: str | None = field(default=None, metadata={"help": "S3 endpoint URL (default: AWS_ENDPOINT_URL)"})
     shuffle_buffer: int = field(default=64, metadata={"help": "rows in each worker's local shuffle buffer (0: off)"})
     prefetch_batches: int = field(default=4, metadata={"help": "batches prefetched per stream and worker"})
-    cache_gib: float = field(default=0.0, metadata={"help": "GiB of decoded chips kept in the object store for "
-                                                              "epochs after the first (0: re-read every epoch)"})
+    cache_gib: float | None = field(
+        default=None, metadata={"help": "GiB of decoded chips kept in the object store for epochs after the first "
+                                "(default: all of them when they fit in a quarter of the object store, else none; "
+                                "0: re-read every epoch)"})
+    feed_normalize: Literal["consumer", "read"] = field(
+        default="consumer", metadata={"help": "normalise chips in the training worker, from native pixels (on its GPU "
+                                      "when it has one), or in Ray Data's read tasks (float32 through Ray)"})
     stream_sampling: Literal["proportional", "uniform"] = field(
         default="proportional", metadata={"help": "pick streams by their chip counts, or uniformly"}
     )
@@ -232,6 +241,8 @@ def validate(cfg: PretrainConfig) -> None:
         )
     if cfg.report_every < 0:
         raise ConfigError(f"--report-every must be >= 0 (0: report with checkpoints only), got {cfg.report_every}.")
+    if cfg.cache_gib is not None and cfg.cache_gib < 0:
+        raise ConfigError(f"--cache-gib must be >= 0 (0: no cache; not given: automatic), got {cfg.cache_gib}.")
     if cfg.cpus_per_worker <= 0:
         raise ConfigError(f"--cpus-per-worker must be > 0, got {cfg.cpus_per_worker}.")
     if not cfg.run_name or any(c in cfg.run_name for c in "/\\") or cfg.run_name in (".", ".."):
@@ -285,7 +296,8 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
         p = plan.weights[name] if cfg.stream_sampling == "proportional" else 1 / len(plan.streams)
         log.info("stream %-32s %6d %s, p=%.3f", name, stream.rows, "pairs" if len(stream.stems) == 2 else "chips", p)
     if not labelled:
-        return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint, cache_bytes=int(cfg.cache_gib * 2**30))
+        return plan, build_datasets(plan, s3_endpoint=cfg.s3_endpoint, cache_bytes=cache_budget(cfg, plan),
+                                    normalize=read_normalize(cfg.feed_normalize))
     split = replace(split, train={n: split.train[n] for n in plan.streams})  # streams too small to train dropped
     plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
     log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})
@@ -294,7 +306,31 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
     if materialize:
         log.info("decoding the validation chips once (%.1f MB) for every validation", nbytes / 1e6)
     return plan, noisy.build_noisy_datasets(plan, split, s3_endpoint=cfg.s3_endpoint,
-                                            materialize_validation=materialize)
+                                            materialize_validation=materialize,
+                                            normalize=read_normalize(cfg.feed_normalize))
+
+
+def cache_budget(cfg: PretrainConfig, plan: FeedPlan) -> int | dict[str, int] | None:
+    """The ``cache_bytes`` of :func:`build_datasets` for ``--cache-gib`` (docs/pretrain-job.md "Data").
+
+    ``--cache-gib N``: N GiB shared by the streams in proportion to their rows (0: none). Not given: every stream
+    whole when all of them together fit in :data:`CACHE_SHARE` of the object store, else none (a partial cache is
+    decoded before the first step, so it is only made when asked for).
+    """
+    import ray
+
+    if cfg.cache_gib is not None:
+        return int(cfg.cache_gib * 2**30) or None
+    sizes = stream_nbytes(plan, normalize=read_normalize(cfg.feed_normalize), s3_endpoint=cfg.s3_endpoint)
+    store = ray.available_resources().get("object_store_memory", 0)
+    total = sum(sizes.values())
+    if total <= CACHE_SHARE * store:
+        log.info("caching the decoded streams for epochs after the first (%.1f MB of %.1f MB object store)",
+                 total / 1e6, store / 1e6)
+        return sizes
+    log.info("streaming every epoch from the shards: the decoded streams (%.1f MB) exceed %d %% of the object "
+             "store (%.1f MB); --cache-gib N caches part of them", total / 1e6, 100 * CACHE_SHARE, store / 1e6)
+    return None
 
 
 def to_inputs(batch: Mapping[str, torch.Tensor], stems: Sequence[str], device: torch.device
@@ -526,8 +562,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     if cfg.objective == "noisy-labels":
         classes, val_names, val_stems = noisy.noisy_from_summary(plan.lineage["noisy"])
         val_shards = {name: ray.train.get_dataset_shard(name) for name in val_names}  # [3] ... and of validation
+    collates = stream_collates(plan, device, cfg.feed_normalize)  # native chips normalised here (on the GPU if any)
+    stem_collates = {n: consumer_collate(s.mean, s.std, device, cfg.feed_normalize) for n, s in plan.stems.items()}
     feed = StreamFeed(shards, batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                      prefetch_batches=cfg.prefetch_batches, position=position, device=device)
+                      prefetch_batches=cfg.prefetch_batches, position=position, device=device, collates=collates)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
                 else contextlib.nullcontext())
     public = config["public_cfg"]
@@ -579,7 +617,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         due = report_kind(step_no, cfg)  # "checkpoint", "metrics" or None
         if due == "checkpoint" and cfg.objective == "noisy-labels":  # validation with every checkpoint, all ranks
             row.update(noisy.evaluate(_core(model), val_shards, val_stems, len(classes),
-                                      batch_size=cfg.batch_size, device=device))
+                                      batch_size=cfg.batch_size, device=device, collates=stem_collates))
         history.append(row)  # every step's row: metrics.csv is written from here, whatever is reported
         metrics = {k: v for k, v in row.items()}
         if due == "metrics":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,68 @@ def test_stream_feed_counts_epochs_and_resumes_its_position(ray_local: Any) -> N
     empty = StreamFeed({"a": ds.iterator()}, batch_size=64, seed=0, shuffle_buffer=0, prefetch_batches=1)
     with pytest.raises(RuntimeError, match="lower --batch-size"):
         empty.next("a")
+
+
+def _epoch_by_key(feed: Any, name: str, rows: int, batch_size: int) -> dict[int, dict[str, np.ndarray]]:
+    """One epoch's batches of a stream from a :class:`StreamFeed`, by chip key (each column as numpy)."""
+    chips: dict[int, dict[str, np.ndarray]] = {}
+    for _ in range(rows // batch_size):
+        batch = feed.next(name)
+        for i, key in enumerate(batch["chip_key"].tolist()):
+            chips[int(key)] = {k: v[i].numpy() for k, v in batch.items() if k != "chip_key"}
+    return chips
+
+
+@pytest.mark.realdata
+def test_native_streams_normalised_in_the_consumer_match_the_read_task_bits(sample_ingest: Path) -> None:
+    import torch
+
+    from jobs._pretrain_data import StreamFeed, stream_collates
+    from pipeline.torch_feed import torch_normalize
+
+    plan = plan_feed([str(sample_ingest)])
+    read_side = build_datasets(plan, shuffle=False, normalize="worker")
+    native = build_datasets(plan, shuffle=False)  # the default: uint16/float32 native pixels through Ray
+    collates = stream_collates(plan, "cpu")
+    assert set(collates) == set(plan.streams) and stream_collates(plan, "cpu", "read") == {}
+    batch_size = 2
+    for name, stream in plan.streams.items():
+        sources = ((read_side[name], None), (native[name], collates))
+        feeds = [StreamFeed({name: ds.iterator()}, batch_size=batch_size, seed=0, shuffle_buffer=0,
+                            prefetch_batches=2, collates=c) for ds, c in sources]
+        want, got = (_epoch_by_key(f, name, stream.rows, batch_size) for f in feeds)
+        for feed in feeds:
+            feed.close()
+        common = set(want) & set(got)
+        assert len(common) >= stream.rows - 2 * batch_size  # drop_last may leave out a different tail
+        for key in common:
+            assert got[key]["image"].dtype == np.float32
+            assert got[key].keys() == want[key].keys()  # mask, partner of a pair stream: joined as before
+            for column, value in want[key].items():
+                assert np.array_equal(got[key][column].view(np.uint8), value.view(np.uint8)), (name, column)
+        # The GPU path of the collate (ChipCollate(device="cuda")) is pipeline.torch_normalize after the copy: the
+        # same function on CPU tensors gives the same bits.
+        raw = next(iter(native[name].iter_torch_batches(batch_size=4)))
+        assert raw["image"].dtype == (torch.float32 if stream.stems[0] == "bigearthnet_s1" else torch.uint16)
+        on_device = torch_normalize({"image": raw["image"], "valid": raw["valid"]}, collates[name].mean,
+                                    collates[name].std)
+        for i, key in enumerate(raw["chip_key"].tolist()):
+            if int(key) in want:
+                assert np.array_equal(on_device[i].numpy().view(np.uint8), want[int(key)]["image"].view(np.uint8))
+
+
+@pytest.mark.realdata
+def test_cache_default_caches_the_streams_that_fit(sample_ingest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jobs.pretrain as pretrain
+    from jobs._pretrain_data import stream_nbytes
+
+    plan = plan_feed([str(sample_ingest)])
+    cfg = pretrain.PretrainConfig(data=(str(sample_ingest),))
+    sizes = stream_nbytes(plan)
+    s2 = plan.streams["sentinel_2_l1c"]
+    assert sizes["sentinel_2_l1c"] == 256 * (13 * 120 * 120 * 2 + 120 * 120 + 8) and s2.rows == 256  # uint16
+    assert pretrain.cache_budget(cfg, plan) == sizes  # a few MB: cached whole
+    assert pretrain.cache_budget(replace(cfg, cache_gib=0.0), plan) is None
+    assert pretrain.cache_budget(replace(cfg, cache_gib=0.5), plan) == 2**29
+    monkeypatch.setattr(pretrain, "CACHE_SHARE", 0.0)  # an object store too small for the streams
+    assert pretrain.cache_budget(cfg, plan) is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,22 +10,12 @@ import pytest
 
 from jobs._noisy_objective import CLEAN, VAL, build_noisy_datasets, plan_noisy
 from jobs._pretrain_data import plan_feed
-from pipeline.label_rules import write_rule_labels
 from pipeline.labels import decode_masks, read_labels, write_raster_labels
-from tests.pipeline.test_label_rules import BANDS, _scene
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory: pytest.TempPathFactory, ray_local: Any) -> Path:
-    from jobs.ingest import main as ingest_main
-
-    root = tmp_path_factory.mktemp("noisy")
-    item = _scene(root / "scene")
-    out = root / "ds"
-    args = ["--catalog", str(item), "--output", str(out), "--chip-size", "8", "--no-progress", "--bands", *BANDS]
-    assert ingest_main(args) == 0  # 16 chips of 8 px, one grid cell each
-    write_rule_labels(str(out), "rules", max_ignored=None)
-    return out
+def labelled(rule_labelled: Path) -> Path:
+    return rule_labelled
 
 
 def test_split_by_grid_cell_with_a_clean_hold_out(labelled: Path) -> None:
