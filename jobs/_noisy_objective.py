@@ -38,7 +38,6 @@ __all__ = ["TERMS", "MaskJoiner", "NoisyPlan", "build_noisy_datasets", "build_ta
 
 TERMS = ("ce", "dice", "kept")
 VAL, CLEAN = "val:", "clean:"  # dataset-name prefixes of the validation streams
-MATERIALIZE_SHARE = 0.25  # validation chips are decoded once when they take at most this share of the object store
 
 
 @dataclass(frozen=True)

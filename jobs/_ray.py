@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["init_ray", "run_storage"]
+__all__ = ["OBJECT_STORE_SHARE", "fits_object_store", "init_ray", "run_storage"]
+
+OBJECT_STORE_SHARE = 0.25  # data decoded once into the object store may take at most this share of it
 
 
 def init_ray() -> None:
@@ -40,3 +42,14 @@ def run_storage(root: str, s3_endpoint: str | None) -> tuple[str, Any]:
     if "://" not in root:
         return os.path.abspath(os.path.expanduser(root)), None
     return root, None
+
+
+def fits_object_store(nbytes: int) -> bool:
+    """Whether ``nbytes`` of decoded blocks (> 0) fit in :data:`OBJECT_STORE_SHARE` of the cluster's object store.
+
+    The one rule by which the jobs decide to decode a dataset once (``materialize`` or a feed cache) instead of
+    streaming it each epoch.
+    """
+    import ray
+
+    return 0 < nbytes <= OBJECT_STORE_SHARE * ray.available_resources().get("object_store_memory", 0)

@@ -47,7 +47,7 @@ from jobs._config import ConfigError, parse_config, parse_pairs, to_dict
 from jobs._finetune_data import TaskData, build_split_datasets, plan_task, split_nbytes
 from jobs._finetune_loop import AUGMENTS, MODEL_FILE, TASK_METRICS, TrialSettings, train_fn_per_worker
 from jobs._finetune_model import ENCODER_MODES
-from jobs._ray import init_ray, run_storage
+from jobs._ray import fits_object_store, init_ray, run_storage
 from jobs._search_space import parse_search, to_tune
 from jobs._trial_cleanup import ReleaseTrialWorkers
 from pipeline.cog import redact_href
@@ -60,7 +60,6 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 TaskChoice = Literal["classification", "multilabel", "segmentation", "change", "detection"]
 DEFAULT_SAMPLES = ".cache/samples/catalog.json"
 DATA_CPUS = 1.0  # CPUs no trial may reserve: the data feed's read tasks run there
-MATERIALIZE_SHARE = 0.25  # labelled chips are decoded once when they take at most this share of the object store
 
 
 @dataclass(frozen=True)
@@ -454,9 +453,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
         bf16=cfg.bf16, metric=metric,
     )
     storage = _storage(cfg)
-    store_bytes = ray.available_resources().get("object_store_memory", 0)
     datasets = None
-    if split_nbytes(plan) <= MATERIALIZE_SHARE * store_bytes:
+    if fits_object_store(split_nbytes(plan)):
         log.info("decoding the %d labelled chips once (%.1f MB) for every trial and epoch",
                  len(plan.train_keys) + len(plan.val_keys), split_nbytes(plan) / 1e6)
         datasets = build_split_datasets(plan, materialize=True)  # [9] decoded once, shared by all trials

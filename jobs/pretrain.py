@@ -76,7 +76,7 @@ from jobs._pretrain_outputs import (
     plot_loss_png,
     read_metrics_csv,
 )
-from jobs._ray import init_ray, run_storage
+from jobs._ray import OBJECT_STORE_SHARE, fits_object_store, init_ray, run_storage
 from pipeline.cog import redact_href
 
 if TYPE_CHECKING:
@@ -100,7 +100,6 @@ TERMS = {"ssl": ("spa", "fre", "con"), "noisy-labels": noisy.TERMS}  # loss term
 COLUMNS = {"ssl": METRIC_COLUMNS, "noisy-labels": ("step", "loss", *noisy.TERMS, "val_miou", "clean_miou",
                                                    *METRIC_COLUMNS[METRIC_COLUMNS.index("lr"):])}
 DEFAULT_SAMPLES = ".cache/samples/catalog.json"
-CACHE_SHARE = 0.25  # without --cache-gib the streams are cached when they take at most this share of the object store
 
 
 @dataclass(frozen=True)
@@ -279,7 +278,6 @@ def public_config(cfg: PretrainConfig) -> dict[str, Any]:
 
 def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Dataset]]:
     """The feed plan (stems, streams, pairs) and one Ray Dataset per stream (docs/pretrain-job.md "Data")."""
-    import ray
 
     labelled = cfg.objective == "noisy-labels"
     plan = plan_feed(
@@ -302,7 +300,7 @@ def get_datasets(cfg: PretrainConfig) -> tuple[FeedPlan, dict[str, ray.data.Data
     plan = replace(plan, lineage={**plan.lineage, "noisy": split.summary()})
     log.info("noisy labels %r: %s", cfg.labels, {k: v for k, v in split.summary().items() if k != "provenance"})
     nbytes = noisy.validation_nbytes(plan, split)
-    materialize = 0 < nbytes <= noisy.MATERIALIZE_SHARE * ray.available_resources().get("object_store_memory", 0)
+    materialize = fits_object_store(nbytes)
     if materialize:
         log.info("decoding the validation chips once (%.1f MB) for every validation", nbytes / 1e6)
     return plan, noisy.build_noisy_datasets(plan, split, s3_endpoint=cfg.s3_endpoint,
@@ -314,8 +312,8 @@ def cache_budget(cfg: PretrainConfig, plan: FeedPlan) -> int | dict[str, int] | 
     """The ``cache_bytes`` of :func:`build_datasets` for ``--cache-gib`` (docs/pretrain-job.md "Data").
 
     ``--cache-gib N``: N GiB shared by the streams in proportion to their rows (0: none). Not given: every stream
-    whole when all of them together fit in :data:`CACHE_SHARE` of the object store, else none (a partial cache is
-    decoded before the first step, so it is only made when asked for).
+    whole when all of them together fit in ``OBJECT_STORE_SHARE`` of the object store (jobs/_ray.py), else none
+    (a partial cache is decoded before the first step, so it is only made when asked for).
     """
     import ray
 
@@ -324,12 +322,12 @@ def cache_budget(cfg: PretrainConfig, plan: FeedPlan) -> int | dict[str, int] | 
     sizes = stream_nbytes(plan, normalize=read_normalize(cfg.feed_normalize), s3_endpoint=cfg.s3_endpoint)
     store = ray.available_resources().get("object_store_memory", 0)
     total = sum(sizes.values())
-    if total <= CACHE_SHARE * store:
+    if fits_object_store(total):
         log.info("caching the decoded streams for epochs after the first (%.1f MB of %.1f MB object store)",
                  total / 1e6, store / 1e6)
         return sizes
     log.info("streaming every epoch from the shards: the decoded streams (%.1f MB) exceed %d %% of the object "
-             "store (%.1f MB); --cache-gib N caches part of them", total / 1e6, 100 * CACHE_SHARE, store / 1e6)
+             "store (%.1f MB); --cache-gib N caches part of them", total / 1e6, 100 * OBJECT_STORE_SHARE, store / 1e6)
     return None
 
 

@@ -223,5 +223,7 @@ def test_cache_default_caches_the_streams_that_fit(sample_ingest: Path, monkeypa
     assert pretrain.cache_budget(cfg, plan) == sizes  # a few MB: cached whole
     assert pretrain.cache_budget(replace(cfg, cache_gib=0.0), plan) is None
     assert pretrain.cache_budget(replace(cfg, cache_gib=0.5), plan) == 2**29
-    monkeypatch.setattr(pretrain, "CACHE_SHARE", 0.0)  # an object store too small for the streams
+    import jobs._ray
+
+    monkeypatch.setattr(jobs._ray, "OBJECT_STORE_SHARE", 0.0)  # an object store too small for the streams
     assert pretrain.cache_budget(cfg, plan) is None
