@@ -78,6 +78,7 @@ ChipStatus = Literal["written", "dropped_nodata", "dropped_cloud"]
 MANIFEST_VERSION = 1
 INDEX_ROWS_PER_GROUP = 16384
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_LIST_ATTEMPTS = 5  # listings retried when a directory appears or vanishes under them (OutputStore.list_files)
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -221,12 +222,24 @@ class OutputStore:
         return self.filesystem.get_file_info(self.path(rel)).type == pafs.FileType.File
 
     def list_files(self, rel_dir: str, suffix: str = "") -> list[str]:
-        """Relative paths of the files under ``rel_dir`` ending with ``suffix``, sorted; ``[]`` if it does not exist."""
+        """Relative paths of the files under ``rel_dir`` ending with ``suffix``, sorted; ``[]`` if it does not exist.
+
+        A directory another process creates (or a temporary one it removes) while this lists it makes Arrow's local
+        listing fail with "not found" even with ``allow_not_found`` (it lists, fails, then finds the directory
+        there); such a listing is taken again, a few times, before the error is raised.
+        """
         selector = pafs.FileSelector(self.path(rel_dir), recursive=True, allow_not_found=True)
         prefix = self.root + "/"
+        for attempt in range(_LIST_ATTEMPTS):
+            try:
+                infos = self.filesystem.get_file_info(selector)
+                break
+            except FileNotFoundError:
+                if attempt == _LIST_ATTEMPTS - 1:
+                    raise
         out = [
             info.path[len(prefix) :]
-            for info in self.filesystem.get_file_info(selector)
+            for info in infos
             if info.type == pafs.FileType.File and info.path.endswith(suffix) and TMP_MARKER not in info.path
         ]
         return sorted(out)

@@ -32,9 +32,9 @@ import numpy as np
 
 from pipeline.cog import failure_message, gdal_env, redact_href
 from pipeline.errors import InvalidItemError, LeaseLostError, ProcessingVersionError
-from pipeline.items import BandOverride, resolve_item
 from pipeline.ids import safe_id
 from pipeline.infer import inferred_name
+from pipeline.items import BandOverride, resolve_item
 from pipeline.lease import verify_lease
 from pipeline.manifest import (
     EXTRA_PROPERTIES,

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Chip", "FailureRecord", "Modality", "QualityAsset", "QualityKind", "ResolvedBand", "ResolvedItem", "Resampling"]
+__all__ = ["Chip", "FailureRecord", "Modality", "QualityAsset", "QualityKind", "Resampling", "ResolvedBand", "ResolvedItem"]
 
 Modality = Literal["optical", "sar"]
 Resampling = Literal["nearest", "bilinear", "cubic", "average"]

@@ -44,11 +44,11 @@ __all__ = [
     "SearchResult",
     "filter_items",
     "make_retry",
-    "read_catalog",
-    "search_api",
     "parse_bbox",
     "parse_interval",
+    "read_catalog",
     "redacted_item",
+    "search_api",
     "write_snapshot",
 ]
 

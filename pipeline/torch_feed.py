@@ -138,7 +138,6 @@ def _batches(
     batch_size: int,
     drop_last: bool,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    plan = decoder.plan
     remaining = n
     batch: dict[str, torch.Tensor] | None = None
     filled = 0

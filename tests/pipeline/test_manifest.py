@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import geopandas
@@ -247,3 +249,25 @@ def test_degenerate_stats_warn(tmp_path: Path) -> None:
     _manifest("i1", values=5.0).commit(store)
     with pytest.warns(DegenerateStatsWarning, match=r"collection 'c'.*a: constant values \(std 0\)"):
         write_outputs(store, dataset_version="v1", source={})
+
+
+def test_list_files_survives_a_directory_appearing_and_vanishing(tmp_path: Path) -> None:
+    """Arrow's local listing fails "not found" when the directory appears between its listing and its check (what
+    six racing lease takers hit); the store lists again instead of raising."""
+    store = OutputStore.open(str(tmp_path))
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            os.makedirs(tmp_path / "state" / "lease" / "ingest", exist_ok=True)
+            (tmp_path / "state" / "lease" / "ingest" / "000000000001.json").write_text("{}")
+            shutil.rmtree(tmp_path / "state")
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        listings = [store.list_files("state/lease/ingest", ".json") for _ in range(20000)]
+    finally:
+        stop.set()
+        thread.join()
+    assert {tuple(found) for found in listings} <= {(), ("state/lease/ingest/000000000001.json",)}

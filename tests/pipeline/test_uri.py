@@ -14,8 +14,8 @@ import pytest
 
 from pipeline.manifest import OutputStore
 from pipeline.shards import read_shard
-from pipeline.uri import TMP_MARKER, atomic_output, create_exclusive, resolve, write_atomic
 from pipeline.tiling import cut_item
+from pipeline.uri import TMP_MARKER, atomic_output, create_exclusive, resolve, write_atomic
 from tests.data.synthetic.data import S1_RTC, resolved_item
 
 
