@@ -53,6 +53,8 @@ from _common import (
 
 Dtype = Literal["fp32", "bf16"]
 Mode = Literal["eval", "train"]
+Ckpt = bool | Literal["mlp"]  # False, True (every block) or "mlp" (the MLP branch of each block; ours only)
+MLP_POLICY_MODELS = ("vheat_", "rsvheat_")  # models whose set_grad_checkpointing takes "mlp"
 # Swin-B with window 8: every stage map of a 512/1024/2048 px input tiles exactly (no padding), as a user would set it.
 SWIN = "swin_base_patch4_window7_224:window_size=8"
 VIT = "vit_base_patch16_224"
@@ -71,7 +73,7 @@ class Config:
     batch: int
     dtype: Dtype
     mode: Mode
-    checkpointing: bool
+    checkpointing: Ckpt
     threads: int
     steps: int = 2
     mem_cap_gb: float = 6.0
@@ -249,7 +251,7 @@ def measure(config: Config) -> dict[str, Any]:
     tick = time.perf_counter()
     model = build_model(config.model, config.img_size, mode=config.mode)
     if config.checkpointing:
-        model.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(config.checkpointing)
     x = torch.randn(config.batch, 3, config.img_size, config.img_size)
     params = count_params(model)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
@@ -300,11 +302,16 @@ def _child_main(payload: str) -> None:
     print(_RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run_config(config: Config, timeout_s: float) -> Outcome:
-    """Run one config in a fresh interpreter and parse its result line."""
+def run_config(config: Config, timeout_s: float, mmap_threshold: int | None = None) -> Outcome:
+    """Run one config in a fresh interpreter and parse its result line.
+
+    ``mmap_threshold`` sets glibc's ``MALLOC_MMAP_THRESHOLD_`` in the child: blocks from that size up are mapped
+    and unmapped on their own, so freed activations leave the RSS at once instead of staying in the heap.
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(config))]
+    env = None if mmap_threshold is None else {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)}
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
     except subprocess.TimeoutExpired:
         return Outcome(config, "timeout", reason=f"timeout > {timeout_s:.0f} s")
     for line in proc.stdout.splitlines():
@@ -322,9 +329,9 @@ def run_config(config: Config, timeout_s: float) -> Outcome:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def groups(args: argparse.Namespace) -> list[tuple[int, Dtype, bool]]:
+def groups(args: argparse.Namespace) -> list[tuple[int, Dtype, Ckpt]]:
     """(size, dtype, checkpointing) groups, small sizes first; every model of a group runs back to back."""
-    ckpts = [c == "on" for c in args.ckpt]
+    ckpts: list[Ckpt] = [{"on": True, "off": False}.get(c, "mlp") for c in args.ckpt]  # type: ignore[misc]
     return [(size, dtype, ckpt) for size in sorted(args.sizes) for dtype in args.dtypes for ckpt in ckpts]
 
 
@@ -332,18 +339,20 @@ def run_all(args: argparse.Namespace, log: Any = print) -> list[Outcome]:
     """Run every group; a model that failed for memory or time at a size skips the larger sizes of its group."""
     outcomes: list[Outcome] = []
     deadline = time.perf_counter() + args.max_total_min * 60
-    gave_up: dict[tuple[str, Dtype, bool], str] = {}
+    gave_up: dict[tuple[str, Dtype, Ckpt], str] = {}
     for size, dtype, ckpt in groups(args):
         for model in args.models:
             config = Config(model, size, args.batch, dtype, args.mode, ckpt, args.threads, args.steps, args.mem_cap_gb)
             key = (model, dtype, ckpt)
             if key in gave_up:
                 outcome = Outcome(config, "skipped", reason=gave_up[key])
+            elif ckpt == "mlp" and not model.startswith(MLP_POLICY_MODELS):
+                outcome = Outcome(config, "skipped", reason="no 'mlp' checkpointing policy")
             elif time.perf_counter() > deadline:
                 outcome = Outcome(config, "skipped", reason=f"global budget of {args.max_total_min:g} min spent")
             else:
                 load = load_average()["1m"]
-                outcome = run_config(config, timeout_s=args.timeout_s)
+                outcome = run_config(config, timeout_s=args.timeout_s, mmap_threshold=args.malloc_mmap_threshold)
                 outcome.result["load_1m"] = load
                 if outcome.status in ("oom", "timeout"):
                     gave_up[key] = f"{outcome.reason} at {size} px"
@@ -354,7 +363,7 @@ def run_all(args: argparse.Namespace, log: Any = print) -> list[Outcome]:
 
 def _describe(outcome: Outcome) -> str:
     c = outcome.config
-    head = f"{c.mode} {c.model:44s} {c.img_size:5d}px b{c.batch} {c.dtype} ckpt={'on' if c.checkpointing else 'off'}"
+    head = f"{c.mode} {c.model:44s} {c.img_size:5d}px b{c.batch} {c.dtype} ckpt={ckpt_label(c.checkpointing)}"
     if outcome.status != "ok":
         return f"{head}  {outcome.status}: {outcome.reason}"
     r = outcome.result
@@ -362,6 +371,11 @@ def _describe(outcome: Outcome) -> str:
         f"{head}  {r['images_per_s']:8.4f} img/s  peak {r['peak_mem_mb']:8.1f} MB  first {r['first_s']:.1f} s  "
         f"cpu {r['cpu_util']:.2f}  load {r['load_1m']}"
     )
+
+
+def ckpt_label(value: Ckpt) -> str:
+    """``on`` / ``off`` / ``mlp`` as the tables print it (records before the ``mlp`` policy hold booleans)."""
+    return value if isinstance(value, str) else ("on" if value else "off")
 
 
 def rows(outcomes: list[Outcome], flops: dict[str, int | None] | None = None) -> list[dict[str, Any]]:
@@ -396,7 +410,9 @@ def rows(outcomes: list[Outcome], flops: dict[str, int | None] | None = None) ->
                 cpu_util=r["cpu_util"],
             )
             for base, tag in ((SWIN, "swin"), (VIT, "vit")):
-                ref = ok.get((base, c.img_size, c.dtype, c.checkpointing))
+                # NOTE: the 'mlp' policy is ours only: its rows compare with the baselines run without checkpointing.
+                base_ckpt = False if c.checkpointing == "mlp" else c.checkpointing
+                ref = ok.get((base, c.img_size, c.dtype, base_ckpt))
                 if base == c.model:
                     continue
                 if ref is None:
@@ -407,7 +423,7 @@ def rows(outcomes: list[Outcome], flops: dict[str, int | None] | None = None) ->
                             for b in outcomes
                             if b.config.model == base
                             and (b.config.img_size, b.config.dtype, b.config.checkpointing)
-                            == (c.img_size, c.dtype, c.checkpointing)
+                            == (c.img_size, c.dtype, base_ckpt)
                         ),
                         None,
                     )
@@ -444,7 +460,8 @@ def markdown(record: dict[str, Any], json_name: str) -> str:
         + ("gradients, " if settings["mode"] == "train" else "")
         + "input, activations, decays and caches. Ratios: ours ÷ baseline in the same group, memory / wall-clock "
         f"speed. `*`: the threads got < 85 % of their CPU time (shared machine). Address space capped at "
-        f"+{settings['mem_cap_gb']:g} GiB per process.",
+        f"+{settings['mem_cap_gb']:g} GiB per process."
+        + _allocator_note(settings.get("malloc_mmap_threshold")),
         "",
         "| size | dtype | ckpt | model | GFLOPs/img | step s | img/s | peak MB | load | vs Swin-B: mem / speed | "
         "vs ViT-B: mem / speed |",
@@ -452,7 +469,7 @@ def markdown(record: dict[str, Any], json_name: str) -> str:
     ]
     for row in record["rows"]:
         label = LABELS.get(row["model"], f"`{row['model']}`")
-        head = f"| {row['img_size']} | {row['dtype']} | {'on' if row['checkpointing'] else 'off'} | {label} |"
+        head = f"| {row['img_size']} | {row['dtype']} | {ckpt_label(row['checkpointing'])} | {label} |"
         gflops = "–" if not row.get("gflops") else f"{row['gflops']:.0f}"
         if row["status"] != "ok":
             lines.append(f"{head} {gflops} | {row['status']}: {row['reason']} | | | | | |")
@@ -475,6 +492,13 @@ def markdown(record: dict[str, Any], json_name: str) -> str:
     return "\n".join(lines)
 
 
+def _allocator_note(threshold: int | None) -> str:
+    if threshold is None:
+        return " glibc malloc with its default settings."
+    return (f" glibc malloc with `MALLOC_MMAP_THRESHOLD_={threshold}` in every child alike (blocks from "
+            f"{threshold / 2**20:g} MiB up are unmapped when freed).")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("eval", "train"), default="train")
@@ -482,7 +506,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--batch", type=int, default=1, help="the same batch for every model")
     parser.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
-    parser.add_argument("--ckpt", nargs="+", choices=("off", "on"), default=["off", "on"], help="activation ckpt")
+    parser.add_argument("--ckpt", nargs="+", choices=("off", "on", "mlp"), default=["off", "on"],
+                        help="activation checkpointing: off, on (every block), mlp (ours only: MLP branches)")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="set glibc's MALLOC_MMAP_THRESHOLD_ in every child (default: glibc's own setting)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--mem-cap-gb", type=float, default=6.0, help="address space per child above its imports")

@@ -142,7 +142,11 @@ class PretrainConfig:
     )
     con_mode: Literal["infonce", "cosine"] = field(default="infonce", metadata={"help": "form of L_con"})
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature"})
-    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward"})
+    grad_checkpointing: Literal["off", "blocks", "mlp"] = field(
+        default="off",
+        metadata={"help": "recompute activations in the backward: every block, or each block's MLP branch (HCO "
+                          "backbones; docs/hco-training.md)"},
+    )
     # Noisy-label objective (docs/noisy-pretraining.md)
     objective: Literal["ssl", "noisy-labels"] = field(
         default="ssl", metadata={"help": "ssl (RS-vHeat) or noisy-labels (encoder + segmentation head on --labels)"}
@@ -526,10 +530,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
 
     pretrainer = build_pretrainer(cfg, plan)
-    if cfg.grad_checkpointing:
+    if cfg.grad_checkpointing != "off":
         encoder = pretrainer.encoder
         if hasattr(encoder, "set_grad_checkpointing"):
-            encoder.set_grad_checkpointing(True)
+            encoder.set_grad_checkpointing(cfg.grad_checkpointing)
         elif rank == 0:
             log.warning("--grad-checkpointing: %s has no set_grad_checkpointing; ignored", cfg.model)
     # [1] DDP wrap + device placement; stems/decoders not in this step's stream get no gradient, hence unused params

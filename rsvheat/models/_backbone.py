@@ -16,6 +16,7 @@ from rsvheat.errors import BandCountMismatchError, UnknownModalityError
 __all__ = [
     "DEFAULT_MODALITY",
     "SizeLike",
+    "block_checkpointing",
     "check_modality_input",
     "format_in_chans",
     "format_size",
@@ -77,6 +78,22 @@ def check_modality_input(x: torch.Tensor, in_chans: Mapping[str, int], modality:
         raise ValueError(f"Expected a (B, C, H, W) input for modality {modality!r}, got shape {tuple(x.shape)}.")
     if x.shape[1] != in_chans[modality]:
         raise BandCountMismatchError(modality, in_chans[modality], int(x.shape[1]))
+
+
+def block_checkpointing(enable: object, model: str) -> bool:
+    """``set_grad_checkpointing``'s argument for a backbone that checkpoints whole blocks only, as a bool.
+
+    Raises:
+        ValueError: anything but ``True``, ``False`` or ``"blocks"`` (``"mlp"`` is a policy of the HCO backbones).
+    """
+    if enable is True or enable is False:
+        return enable
+    if enable == "blocks":
+        return True
+    raise ValueError(
+        f"{model}.set_grad_checkpointing: expected True, False or 'blocks', got {enable!r}; {model} checkpoints whole "
+        "blocks only (the 'mlp' policy is vHeat's and RS-vHeat's)."
+    )
 
 
 def resolve_stage_indices(indices: int | Sequence[int] | None, count: int) -> list[int]:

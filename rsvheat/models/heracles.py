@@ -36,6 +36,7 @@ from rsvheat.layers.spectral_mixer import (
 )
 from rsvheat.models._backbone import (
     SizeLike,
+    block_checkpointing,
     check_modality_input,
     format_in_chans,
     format_size,
@@ -390,10 +391,11 @@ class Heracles(nn.Module):
             if module is not None:
                 module.apply(_init_weights)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | Literal["blocks"] = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
+        enabled = block_checkpointing(enable, type(self).__name__)
         for stage in self.stages:
-            stage.grad_checkpointing = enable
+            stage.grad_checkpointing = enabled
 
     def _stem(self, x: torch.Tensor, modality: str | None) -> torch.Tensor:
         modality = self.default_modality if modality is None else modality

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,7 @@ from rsvheat._registry import create_model, register_model
 from rsvheat.errors import BandCountMismatchError
 from rsvheat.layers.drop import drop_path_rates
 from rsvheat.layers.spectral_mixer import SpectralSizePolicy, SpectralTransform, check_size_policy, check_transform
+from rsvheat.models._backbone import block_checkpointing
 from rsvheat.models.heracles import HeraclesBlock, _init_weights
 
 __all__ = [
@@ -172,9 +173,9 @@ class HeraclesTS(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | Literal["blocks"] = True) -> None:
         """Recompute each layer's activations in the backward pass instead of storing them."""
-        self.grad_checkpointing = enable
+        self.grad_checkpointing = block_checkpointing(enable, type(self).__name__)
 
     def forward_features(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, doy: torch.Tensor | None = None
@@ -269,7 +270,7 @@ class HeraclesChipSequence(nn.Module):
         self.num_classes = num_classes
         self.temporal.reset_classifier(num_classes)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | Literal["blocks"] = True) -> None:
         """Gradient checkpointing in both the per-date encoder and the temporal model."""
         if hasattr(self.encoder, "set_grad_checkpointing"):
             self.encoder.set_grad_checkpointing(enable)

@@ -27,6 +27,7 @@ from rsvheat.layers.drop import DropPath, drop_path_rates
 from rsvheat.layers.heat2d import HCOCoreDtype, HeatConduction2d
 from rsvheat.layers.lean_ops import gelu_linear
 from rsvheat.layers.norm import LayerNorm2d
+from rsvheat.layers.precision import autocast_enabled
 from rsvheat.layers.stem import build_stems
 from rsvheat.models._backbone import (
     SizeLike,
@@ -124,6 +125,7 @@ class VHeatBlock(nn.Module):
         self.mlp = Mlp2d(dim, mlp_ratio)
         self.norm2 = LayerNorm2d(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.recompute_mlp = False  # set by VHeat.set_grad_checkpointing("mlp")
         if layer_scale_init is not None:
             self.gamma1: nn.Parameter | None = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
             self.gamma2: nn.Parameter | None = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
@@ -142,9 +144,23 @@ class VHeatBlock(nn.Module):
             # NOTE: γ is folded into the LayerNorm affine (one pass fewer over the map than LN(f(x)) * γ); the HCO
             # applies norm1 itself, so that a training step does not keep norm1's input (docs/hco-training.md).
             x = x + self.drop_path(self.hco(x, fve, sce, post_norm=self.norm1, post_scale=self.gamma1))
-            return x + self.drop_path(self.norm2(self.mlp(x), self.gamma2))
-        x = x + self.drop_path(self._scale(self.hco(self.norm1(x), fve, sce), self.gamma1))
-        return x + self.drop_path(self._scale(self.mlp(self.norm2(x)), self.gamma2))
+        else:
+            x = x + self.drop_path(self._scale(self.hco(self.norm1(x), fve, sce), self.gamma1))
+        if self.recompute_mlp and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return x + self.drop_path(self._recomputed_mlp(x))
+        return x + self.drop_path(self._mlp_branch(x))
+
+    def _mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:
+            return self.norm2(self.mlp(x), self.gamma2)
+        return self._scale(self.mlp(self.norm2(x)), self.gamma2)
+
+    def _recomputed_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP branch keeping only its input for backward (its GEMMs, GELU and LayerNorm run again there)."""
+        if self.post_norm and autocast_enabled(x.device):
+            # NOTE: fc1 reads x in the autocast dtype anyway, so keeping that copy (half of fp32) gives the same bits.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        return torch.utils.checkpoint.checkpoint(self._mlp_branch, x, use_reentrant=False)
 
 
 class VHeatStage(nn.Module):
@@ -419,10 +435,21 @@ class VHeat(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass instead of storing its activations."""
+    def set_grad_checkpointing(self, enable: bool | Literal["blocks", "mlp"] = True) -> None:
+        """Recompute activations in the backward pass instead of storing them (timm's call, one more policy).
+
+        Args:
+            enable: ``True`` or ``"blocks"``: every block is recomputed (keeps one map per block, about a third more
+                work per training step); ``"mlp"``: only each block's MLP branch is (keeps its input instead of its
+                4C-wide hidden map and LayerNorm input; the two MLP GEMMs run again, about a quarter more work);
+                ``False``: nothing (docs/hco-training.md, "Checkpointing policies").
+        """
+        if enable not in (True, False, "blocks", "mlp"):
+            raise ValueError(f"set_grad_checkpointing: expected True, False, 'blocks' or 'mlp', got {enable!r}.")
         for stage in self.stages:
-            stage.grad_checkpointing = enable
+            stage.grad_checkpointing = enable is True or enable == "blocks"
+            for block in stage.blocks:
+                block.recompute_mlp = enable == "mlp"
 
     # --- inference mode ---------------------------------------------------------------------------------------
     @property

@@ -80,7 +80,7 @@ def test_peak_rss_reset_tracks_a_new_allocation() -> None:
 
 
 # --- backbone.py ----------------------------------------------------------------------------------------------------
-def _config(model: str, size: int = 512, dtype: str = "fp32", ckpt: bool = False, **kw: Any) -> backbone.Config:
+def _config(model: str, size: int = 512, dtype: str = "fp32", ckpt: backbone.Ckpt = False, **kw: Any) -> backbone.Config:
     return backbone.Config(model, size, 1, dtype, "train", ckpt, threads=1, **kw)  # type: ignore[arg-type]
 
 
@@ -88,10 +88,12 @@ def test_groups_run_every_model_of_a_size_dtype_and_ckpt_back_to_back() -> None:
     args = backbone.parse_args(["--sizes", "1024", "512", "--dtypes", "fp32", "bf16", "--ckpt", "off", "on"])
     assert backbone.groups(args)[:3] == [(512, "fp32", False), (512, "fp32", True), (512, "bf16", False)]
     assert len(backbone.groups(args)) == 8 and args.mode == "train" and args.batch == 1
+    assert backbone.groups(backbone.parse_args(["--sizes", "512", "--dtypes", "bf16", "--ckpt", "mlp", "on"])) == [
+        (512, "bf16", "mlp"), (512, "bf16", True)]
 
 
 def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms(tmp_path: Path) -> None:
-    def ok(model: str, mem: float, ips: float, ckpt: bool = False) -> backbone.Outcome:
+    def ok(model: str, mem: float, ips: float, ckpt: backbone.Ckpt = False) -> backbone.Outcome:
         result = {"params": 1, "images_per_s": ips, "median_s": 1 / ips, "peak_mem_mb": mem, "cpu_util": 1.0}
         return backbone.Outcome(_config(model, ckpt=ckpt), "ok", result=result)
 
@@ -101,12 +103,14 @@ def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms(tmp_path: Pa
         ok(backbone.VIT, 25.0, 6.0),
         ok("vheat_base", 40.0, 2.0, ckpt=True),
         backbone.Outcome(_config(backbone.SWIN, ckpt=True), "oom", reason="OOM > 6 GiB"),
+        ok("vheat_base", 45.0, 2.5, ckpt="mlp"),
     ]
     rows = backbone.rows(outcomes, {"vheat_base@512": 2e9})
     assert rows[0]["mem_vs_swin"] == 0.5 and rows[0]["speed_vs_swin"] == 3.0 and rows[0]["gflops"] == 2.0
     assert rows[0]["mem_vs_vit"] == 2.0 and rows[0]["speed_vs_vit"] == 0.5
     assert "mem_vs_swin" not in rows[1]  # a baseline is not compared with itself
     assert rows[3]["vs_swin"] == "swin oom" and "mem_vs_vit" not in rows[3]  # no ViT row in that group
+    assert rows[5]["mem_vs_swin"] == 0.45 and rows[5]["speed_vs_vit"] == 2.5 / 6.0  # "mlp" is ours: vs ckpt off
     record = {
         "command": "python benchmarks/backbone.py",
         "date_utc": "2026-12-02T00:00:00+00:00",
@@ -123,6 +127,10 @@ def test_rows_report_memory_and_wall_speed_ratios_and_baseline_ooms(tmp_path: Pa
     assert "JSON `benchmarks/out/backbone-train-x.json`" in text
     assert "| 512 | fp32 | off | `vheat_base` | 2 | 0.33 | 3 | 50 | None | 0.50 / 3.00× | 2.00 / 0.50× |" in text
     assert "| 512 | fp32 | on | Swin-B (timm, w8) | – | oom: OOM > 6 GiB |" in text
+    assert "| 512 | fp32 | mlp | `vheat_base` |" in text and "glibc malloc with its default settings" in text
+    record["settings"]["malloc_mmap_threshold"] = 1048576
+    assert "`MALLOC_MMAP_THRESHOLD_=1048576` in every child alike" in backbone.markdown(record, "x.json")
+    del record["settings"]["malloc_mmap_threshold"]
     saved = tmp_path / "backbone-train-x.json"
     saved.write_text(json.dumps(record))
     results = backbone.render(saved, "backbone-train-512", tmp_path / "RESULTS.md")

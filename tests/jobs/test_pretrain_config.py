@@ -38,6 +38,13 @@ def test_yaml_then_flags(tmp_path: Path) -> None:
     assert parse_pairs(cfg.masking, "masking") == {"radius_mode": "area"}
 
 
+def test_grad_checkpointing_takes_a_policy_name() -> None:
+    assert parse_config(PretrainConfig, ["--data", "d"]).grad_checkpointing == "off"
+    assert parse_config(PretrainConfig, ["--data", "d", "--grad-checkpointing", "mlp"]).grad_checkpointing == "mlp"
+    with pytest.raises(ConfigError, match=r"'blocks', 'mlp'"):  # the old boolean form names the choices
+        parse_config(PretrainConfig, ["--data", "d", "--grad-checkpointing", "true"])
+
+
 def test_unknown_key_is_an_error_listing_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("data: [x]\nmax_step: 10\n")

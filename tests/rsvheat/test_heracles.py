@@ -346,7 +346,9 @@ def test_forward_backward_and_grad_checkpointing_match():
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert grads["stages.0.blocks.0.mixer.global_filter.weight"].abs().sum() > 0
     model.zero_grad()
-    model.set_grad_checkpointing(True)
+    with pytest.raises(ValueError, match="whole blocks only"):
+        model.set_grad_checkpointing("mlp")  # type: ignore[arg-type]
+    model.set_grad_checkpointing("blocks")
     calls = []
     model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
     out_ckpt = model(x)

@@ -121,10 +121,11 @@ def test_registry_default_is_the_backbone_without_classifier_and_dense_norms_are
 def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name: str) -> None:
     model = _build(name, drop_path_rate=0.0)
     x = torch.randn(2, 3, 48, 40)
-    calls: list[int] = []
-    model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    calls: list[str] = []
+    model.stages[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append("block"))
+    model.stages[0].blocks[0].mlp.register_forward_pre_hook(lambda *_: calls.append("mlp"))
     outputs, grads, block_calls = [], [], []
-    for enable in (False, True):
+    for enable in (False, True, "mlp"):
         model.zero_grad()
         model.set_grad_checkpointing(enable)
         calls.clear()
@@ -132,12 +133,16 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name: str) 
         out.sum().backward()
         outputs.append(out.detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        block_calls.append(len(calls))
-    assert block_calls == [1, 2]  # checkpointing recomputes the block in the backward pass
-    assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
-    assert grads[0].keys() == grads[1].keys() and "stages.0.fve" in grads[0]
-    for name, grad in grads[0].items():
-        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
+        block_calls.append(calls.copy())
+    # Checkpointing recomputes the block in the backward pass; the "mlp" policy recomputes only its MLP.
+    assert block_calls == [["block", "mlp"], ["block", "mlp"] * 2, ["block", "mlp", "mlp"]]
+    for other in (1, 2):
+        assert torch.allclose(outputs[0], outputs[other], atol=1e-6)
+        assert grads[0].keys() == grads[other].keys() and "stages.0.fve" in grads[0]
+        for name, grad in grads[0].items():
+            assert torch.allclose(grad, grads[other][name], atol=1e-6), name
+    with pytest.raises(ValueError, match="'blocks' or 'mlp'"):
+        model.set_grad_checkpointing("attention")  # type: ignore[arg-type]
 
 
 def test_checkpoint_round_trip(tmp_path: pytest.TempPathFactory) -> None:
