@@ -272,9 +272,9 @@ class HeraclesChipSequence(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool | Literal["blocks"] = True) -> None:
         """Gradient checkpointing in both the per-date encoder and the temporal model."""
+        self.temporal.set_grad_checkpointing(enable)  # first: it refuses a policy it lacks before anything changes
         if hasattr(self.encoder, "set_grad_checkpointing"):
             self.encoder.set_grad_checkpointing(enable)
-        self.temporal.set_grad_checkpointing(enable)
 
     def embed_dates(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, modality: str | None = None
