@@ -54,6 +54,7 @@ from _common import (
 Dtype = Literal["fp32", "bf16"]
 Mode = Literal["eval", "train"]
 Ckpt = bool | Literal["mlp"]  # False, True (every block) or "mlp" (the MLP branch of each block; ours only)
+_CKPT_FLAGS: dict[str, Ckpt] = {"off": False, "on": True, "mlp": "mlp"}  # --ckpt values
 MLP_POLICY_MODELS = ("vheat_", "rsvheat_")  # models whose set_grad_checkpointing takes "mlp"
 # Swin-B with window 8: every stage map of a 512/1024/2048 px input tiles exactly (no padding), as a user would set it.
 SWIN = "swin_base_patch4_window7_224:window_size=8"
@@ -331,7 +332,7 @@ def run_config(config: Config, timeout_s: float, mmap_threshold: int | None = No
 
 def groups(args: argparse.Namespace) -> list[tuple[int, Dtype, Ckpt]]:
     """(size, dtype, checkpointing) groups, small sizes first; every model of a group runs back to back."""
-    ckpts: list[Ckpt] = [{"on": True, "off": False}.get(c, "mlp") for c in args.ckpt]  # type: ignore[misc]
+    ckpts = [_CKPT_FLAGS[c] for c in args.ckpt]
     return [(size, dtype, ckpt) for size in sorted(args.sizes) for dtype in args.dtypes for ckpt in ckpts]
 
 
@@ -506,7 +507,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--batch", type=int, default=1, help="the same batch for every model")
     parser.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
-    parser.add_argument("--ckpt", nargs="+", choices=("off", "on", "mlp"), default=["off", "on"],
+    parser.add_argument("--ckpt", nargs="+", choices=tuple(_CKPT_FLAGS), default=["off", "on"],
                         help="activation checkpointing: off, on (every block), mlp (ours only: MLP branches)")
     parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
                         help="set glibc's MALLOC_MMAP_THRESHOLD_ in every child (default: glibc's own setting)")

@@ -16,8 +16,8 @@ from rsvheat.errors import BandCountMismatchError, UnknownModalityError
 __all__ = [
     "DEFAULT_MODALITY",
     "SizeLike",
-    "block_checkpointing",
     "check_modality_input",
+    "checkpointing_policy",
     "format_in_chans",
     "format_size",
     "pick_default_modality",
@@ -80,20 +80,20 @@ def check_modality_input(x: torch.Tensor, in_chans: Mapping[str, int], modality:
         raise BandCountMismatchError(modality, in_chans[modality], int(x.shape[1]))
 
 
-def block_checkpointing(enable: object, model: str) -> bool:
-    """``set_grad_checkpointing``'s argument for a backbone that checkpoints whole blocks only, as a bool.
+def checkpointing_policy(enable: object, model: str, policies: tuple[str, ...] = ()) -> str:
+    """``set_grad_checkpointing``'s argument as ``"off"``, ``"blocks"`` or one of the backbone's extra ``policies``.
 
     Raises:
-        ValueError: anything but ``True``, ``False`` or ``"blocks"`` (``"mlp"`` is a policy of the HCO backbones).
+        ValueError: anything else, naming the backbone and what it takes.
     """
     if enable is True or enable is False:
+        return "blocks" if enable else "off"
+    if isinstance(enable, str) and (enable == "blocks" or enable in policies):
         return enable
-    if enable == "blocks":
-        return True
-    raise ValueError(
-        f"{model}.set_grad_checkpointing: expected True, False or 'blocks', got {enable!r}; {model} checkpoints whole "
-        "blocks only (the 'mlp' policy is vHeat's and RS-vHeat's)."
-    )
+    choices = ["True", "False", "'blocks'", *(repr(p) for p in policies)]
+    expected = ", ".join(choices[:-1]) + " or " + choices[-1]
+    hint = "" if policies else f"; {model} checkpoints whole blocks only (the 'mlp' policy is vHeat's and RS-vHeat's)"
+    raise ValueError(f"{model}.set_grad_checkpointing: expected {expected}, got {enable!r}{hint}.")
 
 
 def resolve_stage_indices(indices: int | Sequence[int] | None, count: int) -> list[int]:

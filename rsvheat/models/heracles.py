@@ -36,8 +36,8 @@ from rsvheat.layers.spectral_mixer import (
 )
 from rsvheat.models._backbone import (
     SizeLike,
-    block_checkpointing,
     check_modality_input,
+    checkpointing_policy,
     format_in_chans,
     format_size,
     pick_default_modality,
@@ -393,7 +393,7 @@ class Heracles(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool | Literal["blocks"] = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
-        enabled = block_checkpointing(enable, type(self).__name__)
+        enabled = checkpointing_policy(enable, type(self).__name__) == "blocks"
         for stage in self.stages:
             stage.grad_checkpointing = enabled
 

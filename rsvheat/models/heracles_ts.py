@@ -26,7 +26,7 @@ from rsvheat._registry import create_model, register_model
 from rsvheat.errors import BandCountMismatchError
 from rsvheat.layers.drop import drop_path_rates
 from rsvheat.layers.spectral_mixer import SpectralSizePolicy, SpectralTransform, check_size_policy, check_transform
-from rsvheat.models._backbone import block_checkpointing
+from rsvheat.models._backbone import checkpointing_policy
 from rsvheat.models.heracles import HeraclesBlock, _init_weights
 
 __all__ = [
@@ -175,7 +175,7 @@ class HeraclesTS(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool | Literal["blocks"] = True) -> None:
         """Recompute each layer's activations in the backward pass instead of storing them."""
-        self.grad_checkpointing = block_checkpointing(enable, type(self).__name__)
+        self.grad_checkpointing = checkpointing_policy(enable, type(self).__name__) == "blocks"
 
     def forward_features(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, doy: torch.Tensor | None = None

@@ -32,6 +32,7 @@ from rsvheat.layers.stem import build_stems
 from rsvheat.models._backbone import (
     SizeLike,
     check_modality_input,
+    checkpointing_policy,
     format_in_chans,
     format_size,
     pick_default_modality,
@@ -444,12 +445,11 @@ class VHeat(nn.Module):
                 4C-wide hidden map and LayerNorm input; the two MLP GEMMs run again, about a quarter more work);
                 ``False``: nothing (docs/hco-training.md, "Checkpointing policies").
         """
-        if enable not in (True, False, "blocks", "mlp"):
-            raise ValueError(f"set_grad_checkpointing: expected True, False, 'blocks' or 'mlp', got {enable!r}.")
+        policy = checkpointing_policy(enable, type(self).__name__, ("mlp",))
         for stage in self.stages:
-            stage.grad_checkpointing = enable is True or enable == "blocks"
+            stage.grad_checkpointing = policy == "blocks"
             for block in stage.blocks:
-                block.recompute_mlp = enable == "mlp"
+                block.recompute_mlp = policy == "mlp"
 
     # --- inference mode ---------------------------------------------------------------------------------------
     @property
